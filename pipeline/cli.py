@@ -1,0 +1,84 @@
+"""Command line: one subcommand per stage, each printing its output URI as the last line of stdout.
+
+    python -m pipeline ingest   --config configs/embedded.yaml --run-date 2026-11-22
+    python -m pipeline validate --config ... --run-date ... --dataset <ingest output>
+    python -m pipeline train    --config ... --run-date ... --dataset <validated dataset>
+    python -m pipeline evaluate --config ... --run-date ... --dataset ... --model <train output>
+    python -m pipeline promote  --config ... --run-date ... --evaluation <evaluate output>
+
+Airflow's bash tasks push that last line to XCom, so tasks hand each other URIs, never data. Logs go to stderr.
+Exit codes: 0 ok, 1 the stage failed (e.g. validation), 2 bad config or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import logging
+import os
+import sys
+
+from pipeline.config import ConfigError, RunContext, load_project, load_section
+
+# stage -> (module, config class, inputs it takes as URIs)
+STAGES = {
+    "ingest": ("pipeline.ingest", "IngestConfig", []),
+    "validate": ("pipeline.validate", "ValidateConfig", ["dataset"]),
+    "train": ("pipeline.train", "TrainConfig", ["dataset"]),
+    "evaluate": ("pipeline.evaluate", "EvaluateConfig", ["dataset", "model"]),
+    "promote": ("pipeline.promote", "PromoteConfig", ["evaluation"]),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    stages = root.add_subparsers(dest="stage", required=True)
+    for stage, (_, _, inputs) in STAGES.items():
+        sub = stages.add_parser(stage, help=f"run the {stage} stage")
+        sub.add_argument("--config", required=True, help="YAML config with one section per stage")
+        sub.add_argument("--run-date", required=True, type=_date, help="logical date YYYY-MM-DD (data partition)")
+        sub.add_argument("--run-id", help="run id scoping outputs and MLflow runs (default: manual__<date>)")
+        sub.add_argument("--dag-id", default="manual", help="DAG id, recorded as an MLflow tag")
+        sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override config")
+        for name in inputs:
+            sub.add_argument(f"--{name}", required=True, help=f"{name} URI produced by the upstream task")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_environment()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module_name, config_class, inputs = STAGES[args.stage]
+    module = importlib.import_module(module_name)
+    try:
+        project = load_project(args.config, args.set)
+        config = load_section(args.config, args.stage, getattr(module, config_class), args.set)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    ctx = RunContext(run_date=args.run_date, run_id=args.run_id or f"manual__{args.run_date}", dag_id=args.dag_id)
+    try:
+        output = module.run(config, project, ctx, **{name: getattr(args, name) for name in inputs})
+    except Exception as exc:  # the message is what a person reads in the Airflow task log
+        logging.getLogger("pipeline").exception("stage %s failed", args.stage)
+        print(f"{args.stage} failed: {exc}", file=sys.stderr)
+        return 1
+    print(output, flush=True)
+    return 0
+
+
+def _date(value: str) -> str:
+    try:
+        return datetime.date.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a YYYY-MM-DD date") from exc
+
+
+def _quiet_environment() -> None:
+    """Keep every tool offline and inside the project (no telemetry, no hub look-ups)."""
+    for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                       "HF_DATASETS_OFFLINE": "1", "CHECKPOINT_DISABLE": "1", "GX_ANALYTICS_ENABLED": "false",
+                       "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,80 @@
+"""Where stage outputs live and how they are written: partition- and run-scoped paths, atomic writes, digests.
+
+Every output directory is produced under a temporary sibling name and renamed into place only when complete,
+so a killed task never leaves a half-written partition and a rerun replaces the previous output whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ProjectConfig, RunContext
+
+MANIFEST = "manifest.json"  # written last inside an output dir: its presence means the output is complete
+
+
+def partition_dir(project: ProjectConfig, dataset: str, run_date: str) -> Path:
+    """The date partition of a dataset, e.g. data/conversations/dt=2026-11-22."""
+    return Path(project.data_root) / dataset / f"dt={run_date}"
+
+
+def run_dir(project: ProjectConfig, ctx: RunContext, stage: str) -> Path:
+    """A stage's output directory for one DAG run (run ids contain ':' and '+', which we keep out of paths)."""
+    safe_run_id = re.sub(r"[^A-Za-z0-9._=-]+", "_", ctx.run_id)
+    return Path(project.runs_root) / ctx.dag_id / safe_run_id / stage
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a scratch directory that replaces `final` only if the block completes without error."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    scratch.mkdir()
+    try:
+        yield scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    # Move the old output aside first: a directory rename cannot overwrite a non-empty directory.
+    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        final.rename(trash)
+    scratch.rename(final)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file + rename), with sorted keys so reruns are byte-identical."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """Read a stage output's manifest; a missing manifest means the upstream stage did not complete."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; the stage that writes {directory} did not complete")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_digest(paths: list[Path]) -> str:
+    """sha256 over the bytes of the given files, in order: identifies exactly what a model was trained on."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,87 @@
+"""MLflow bookkeeping: one parent run per DAG run, one nested child run per stage attempt.
+
+Stages run as separate processes, so the parent run is found again by its `airflow.run_id` tag instead of being
+passed around. Tags carry the DAG id, run id and logical date so ML leads can filter and compare in the UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import ProjectConfig, RunContext
+
+RUN_TAGS = ("airflow.dag_id", "airflow.run_id", "airflow.logical_date")
+
+
+def connect(project: ProjectConfig) -> str:
+    """Point MLflow at the project's store and return the experiment id (created on first use)."""
+    mlflow.set_tracking_uri(project.tracking_uri)
+    _ensure_sqlite_dir(project.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(project.experiment)
+    if experiment is None:
+        location = project.artifact_root
+        if "://" not in location:
+            location = Path(location).resolve().as_uri()
+        mlflow.create_experiment(project.experiment, artifact_location=location)
+    # Make it the active experiment too: nested runs and logged models otherwise land in "Default" (./mlruns).
+    return mlflow.set_experiment(project.experiment).experiment_id
+
+
+def run_tags(ctx: RunContext) -> dict[str, str]:
+    return dict(zip(RUN_TAGS, (ctx.dag_id, ctx.run_id, ctx.run_date), strict=True))
+
+
+def parent_run_id(project: ProjectConfig, ctx: RunContext) -> str:
+    """Find or create the MLflow run that stands for this DAG run."""
+    experiment_id = connect(project)
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`airflow.run_id` = '{ctx.run_id}' and tags.`pipeline.level` = 'dag_run'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{ctx.dag_id}/{ctx.run_date}",
+        tags={**run_tags(ctx), "pipeline.level": "dag_run"},
+    )
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(project: ProjectConfig, ctx: RunContext, stage: str) -> Iterator[mlflow.ActiveRun]:
+    """Open the DAG run's parent run and a nested child run named after the stage.
+
+    An exception marks both FAILED (MLflow's context managers do that), so a failed night is visible in the UI.
+    """
+    parent_id = parent_run_id(project, ctx)
+    with mlflow.start_run(run_id=parent_id):
+        with mlflow.start_run(
+            run_name=stage, nested=True, tags={**run_tags(ctx), "pipeline.level": "stage", "pipeline.stage": stage}
+        ) as child:
+            yield child
+
+
+def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+    """Copy headline numbers onto the DAG-run (parent) run, which is what the compare view lines up."""
+    active = mlflow.active_run()
+    parent_id = active.data.tags.get("mlflow.parentRunId") if active else None
+    if parent_id is None:
+        return
+    client = MlflowClient()
+    for key, value in (metrics or {}).items():
+        client.log_metric(parent_id, key, value)
+    for key, value in (tags or {}).items():
+        client.set_tag(parent_id, key, value)
+
+
+def _ensure_sqlite_dir(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,79 @@
+"""Shared fixtures: an offline environment, a tiny chat model, per-test project configs, an Airflow DB.
+
+Everything runs offline on the CPU: the base model is a 2-layer GPT-2 built in ~1 s (tiny_model.py), the data is
+the installed chatterbot corpus or the committed tests/data, MLflow is SQLite in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def pytest_configure(config):
+    # Before anything imports airflow: its settings are read once, at import.
+    home = tempfile.mkdtemp(prefix="airflow-home-")
+    os.environ.update(
+        AIRFLOW_HOME=home,
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="True",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        GX_ANALYTICS_ENABLED="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        CHECKPOINT_DISABLE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+
+
+def pytest_collection_modifyitems(items):
+    # The tier of a test is the folder it lives in (unit/, dags/, integration/).
+    for item in items:
+        tier = Path(item.fspath).parent.name
+        if tier in ("unit", "dags", "integration"):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir):
+    """Write configs/tiny.yaml with its project paths in this test's temp dir; `changes` patch sections."""
+
+    def make(**changes) -> Path:
+        raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+        raw["project"].update(
+            data_root=str(tmp_path / "data"), runs_root=str(tmp_path / "runs"),
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "artifacts"),
+            base_model=str(tiny_model_dir),
+        )
+        for section, values in changes.items():
+            raw.setdefault(section, {}).update(values)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata DB (SQLite) in the session's AIRFLOW_HOME."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    return os.environ["AIRFLOW_HOME"]

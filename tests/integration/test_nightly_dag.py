@@ -1,0 +1,70 @@
+"""The whole DAG, for real: Airflow's dag.test() runs the five stage commands on the tiny model and the real
+chatterbot corpus; the outcome is checked in the data partition, the run outputs and the MLflow registry."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+LOGICAL_DATE = datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC)
+
+
+def run_dag(config: Path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False).get_dag("nightly_chat_retrain")
+    dag_run = dag.test(logical_date=LOGICAL_DATE, run_conf={"config": str(config)})
+    return dag_run, {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+@pytest.mark.timeout(600)
+def test_nightly_run_registers_a_model_with_metrics(airflow_db, make_config, tmp_path):
+    config = make_config()
+    dag_run, states = run_dag(config)
+    assert states == dict.fromkeys(["ingest", "validate", "train", "evaluate", "promote"], "success")
+
+    partition = tmp_path / "data" / "conversations" / "dt=2026-11-22"
+    turns = pd.read_parquet(partition / "turns.parquet")
+    assert set(turns["language"]) == {"en", "zh"} and (partition / "manifest.json").is_file()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (version,) = client.search_model_versions("name = 'tiny-chat'")
+    assert client.get_model_version_by_alias("tiny-chat", "challenger").version == version.version
+    assert version.tags["airflow.run_id"] == dag_run.run_id
+    assert {"metric.bleu", "metric.rougeL", "metric.perplexity", "data.digest"} <= set(version.tags)
+    promoted = version.tags["promotion.decision"] == "promoted"
+    champion = client.get_model_version_by_alias("tiny-chat", "champion").version if promoted else None
+    assert champion == (version.version if promoted else None)
+
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("nightly-chat-retrain-test").experiment_id],
+        filter_string="tags.`pipeline.level` = 'dag_run'",
+    )
+    assert parent.data.tags["airflow.dag_id"] == "nightly_chat_retrain"
+    assert parent.data.tags["airflow.logical_date"] == "2026-11-22"
+    for metric in ("candidate/bleu", "base/bleu", "candidate/rougeL", "candidate/rougeL_zh", "candidate/perplexity",
+                   "train/loss", "val/loss"):
+        assert metric in parent.data.metrics
+    stages = client.search_runs([parent.info.experiment_id],
+                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["pipeline.stage"] for r in stages) == sorted(
+        ["ingest", "validate", "train", "evaluate", "promote"])
+    loss_curve = client.get_metric_history(
+        next(r for r in stages if r.data.tags["pipeline.stage"] == "train").info.run_id, "train/loss_step")
+    assert len(loss_curve) >= 3  # logged every 10 of 40 steps
+
+
+@pytest.mark.timeout(600)
+def test_failed_validation_stops_the_run_before_training(airflow_db, make_config, tmp_path):
+    config = make_config(validate={"min_conversations": {"train": 10**6}})
+    _, states = run_dag(config)
+    assert states["ingest"] == "success" and states["validate"] == "failed"
+    assert {states[t] for t in ("train", "evaluate", "promote")} == {"upstream_failed"}
+    assert not list((tmp_path / "runs").glob("*/*/train"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_registered_models() == []
