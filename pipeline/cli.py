@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet_environment()
+    sys.stdout.reconfigure(line_buffering=True)  # task logs stream live instead of arriving at exit
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module_name, config_class, inputs = STAGES[args.stage]
     module = importlib.import_module(module_name)

@@ -11,10 +11,10 @@ STAGES = ["ingest", "validate", "train", "evaluate", "promote"]
 
 
 @pytest.fixture(scope="module")
-def dag():
+def dag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     return bag.get_dag("nightly_chat_retrain")
 

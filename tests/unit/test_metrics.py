@@ -40,7 +40,7 @@ def test_identical_chinese_scores_full_marks_where_stock_tools_score_zero():
 
 
 def test_per_language_and_overall_keys():
-    scores = metrics.score(["hello there", "你好"], ["hello there", "你好吗"], ["en", "zh"])
+    scores = metrics.score(["hello there my friend", "你好"], ["hello there my friend", "你好吗"], ["en", "zh"])
     assert scores["bleu_en"] == pytest.approx(100)
     assert {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "bleu_zh", "rougeL_zh", "reply_tokens"} <= set(scores)
     assert scores["rouge1"] == pytest.approx((100 + scores["rouge1_zh"]) / 2)  # overall = mean over replies

@@ -51,9 +51,9 @@ def test_worse_model_is_registered_but_never_champion(tmp_path, tiny_model_dir):
     _promote(tmp_path, tiny_model_dir, "night-2", bleu=6.0)  # a retry must not register a third version
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(client.search_model_versions("name = 'chat'")) == 2
-    assert client.get_model_version_by_alias("chat", "champion").version == "1"
+    assert client.get_model_version_by_alias("chat", "champion").version == 1
     challenger = client.get_model_version_by_alias("chat", "challenger")
-    assert challenger.version == "2" and challenger.tags["promotion.decision"] == "rejected"
+    assert challenger.version == 2 and challenger.tags["promotion.decision"] == "rejected"
     assert "does not beat champion v1" in challenger.tags["promotion.reason"]
     assert challenger.tags["data.digest"] == "abc" and challenger.tags["airflow.run_id"] == "night-2"
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
