@@ -1,7 +1,7 @@
 """Stage 3, train: fine-tune the base chat model on the validated partition with transformers' Trainer.
 
     python -m pipeline train --config configs/embedded.yaml --run-date 2026-11-22 --dataset data/conversations/dt=2026-11-22
-    # multi-process / DeepSpeed: same command under `torchrun --nproc_per_node N` with train.deepspeed set
+    python -m pipeline train ... --set train.deepspeed=configs/deepspeed/zero2.json   # DeepSpeed, one process
 
 Loss is on assistant tokens only (see chat_data). Batches are grouped by length and padded per batch. The model is
 saved in Hugging Face format to the run's `train/model` directory, which is printed for the next task.
@@ -124,9 +124,6 @@ def save(trainer, tokenizer, config, project, manifest, final: Path, result, val
     eot = models.end_of_turn_id(tokenizer)
     trainer.model.generation_config.eos_token_id = eot  # generation stops at the end of the assistant turn
     trainer.model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if not trainer.is_world_process_zero():
-        trainer.save_model(str(final))  # collective under ZeRO-3: every rank must take part
-        return final
     with storage.atomic_dir(final) as scratch:
         trainer.save_model(str(scratch))
         tokenizer.save_pretrained(str(scratch))
