@@ -19,7 +19,7 @@ export HF_DATASETS_OFFLINE := 1
 export CHECKPOINT_DISABLE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run airflow-db ui test test-slow lint clean lock
+.PHONY: setup run airflow-db ui test test-slow lint clean lock bench rollback models
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,18 @@ run: airflow-db
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.mlflow/mlflow.db --host 127.0.0.1 --port $(PORT)
 
+## Benchmarks; results (JSON) in bench-results/. Targets are in each script's docstring.
+bench: setup
+	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_generation.py
+
+## Registry: list versions and aliases; move `champion` back to VERSION (make rollback VERSION=3 REASON="...").
+models: setup
+	$(PY) -m pipeline.registry list --config $(CONFIG)
+
+rollback: setup
+	$(PY) -m pipeline.registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
+
 ## Default tier: unit + dags + integration (tiny model, whole DAG). Heavier tiers have their own targets.
 test: setup lint
 	$(PY) -m pytest -m "not slow and not gpu" tests
@@ -53,7 +65,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow tests
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline dags tests
+	$(VENV)/bin/ruff check pipeline dags tests benchmarks
 
 clean:
 	rm -rf .airflow .mlflow data runs

@@ -20,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]  # stage commands run here, s
 PYTHON = sys.executable  # the interpreter of the environment Airflow runs in, which has `pipeline` installed
 
 
-def stage_command(stage: str, **inputs: str) -> str:
+def stage_command(stage: str, *extra: str, **inputs: str) -> str:
     """The shell command of one stage; templated fields are rendered by Airflow at run time."""
     parts = [
         shlex.quote(PYTHON), "-m", "pipeline", stage,
@@ -28,10 +28,11 @@ def stage_command(stage: str, **inputs: str) -> str:
         "--run-date", "{{ ds }}",
         "--run-id", "'{{ run_id }}'",
         "--dag-id", "{{ dag.dag_id }}",
+        "--run-type", "{{ dag_run.run_type }}",
     ]
     for name, uri in inputs.items():
         parts += [f"--{name}", shlex.quote(str(uri))]
-    return " ".join(parts)
+    return " ".join([*parts, *extra])
 
 
 @dag(
@@ -43,6 +44,9 @@ def stage_command(stage: str, **inputs: str) -> str:
     max_active_runs=1,
     params={
         "config": Param("configs/embedded.yaml", type="string", description="Stage config YAML (project-relative)."),
+        "allow_backfill_promotion": Param(
+            False, type="boolean", description="Let a backfill run move the champion alias (off: only challenger)."
+        ),
     },
     tags=["training", "chat"],
 )
@@ -65,7 +69,10 @@ def nightly_chat_retrain():
 
     @task.bash(cwd=str(PROJECT_ROOT))
     def promote(evaluation: str) -> str:
-        return stage_command("promote", evaluation=evaluation)
+        return stage_command(
+            "promote", "--set", "promote.allow_backfill_promotion={{ params.allow_backfill_promotion | lower }}",
+            evaluation=evaluation,
+        )
 
     dataset = validate(ingest())  # validate re-emits the dataset URI only if it passed: train waits on the contract
     promote(evaluate(dataset, train(dataset)))

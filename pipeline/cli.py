@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--run-date", required=True, type=_date, help="logical date YYYY-MM-DD (data partition)")
         sub.add_argument("--run-id", help="run id scoping outputs and MLflow runs (default: manual__<date>)")
         sub.add_argument("--dag-id", default="manual", help="DAG id, recorded as an MLflow tag")
+        sub.add_argument("--run-type", default="manual", type=_run_type,
+                         help="Airflow run type (scheduled/manual/backfill)")
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override config")
         for name in inputs:
             sub.add_argument(f"--{name}", required=True, help=f"{name} URI produced by the upstream task")
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    ctx = RunContext(run_date=args.run_date, run_id=args.run_id or f"manual__{args.run_date}", dag_id=args.dag_id)
+    ctx = RunContext(run_date=args.run_date, run_id=args.run_id or f"manual__{args.run_date}", dag_id=args.dag_id,
+                     run_type=args.run_type)
     try:
         output = module.run(config, project, ctx, **{name: getattr(args, name) for name in inputs})
     except Exception as exc:  # the message is what a person reads in the Airflow task log
@@ -75,6 +78,12 @@ def _date(value: str) -> str:
         return datetime.date.fromisoformat(value).isoformat()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r} is not a YYYY-MM-DD date") from exc
+
+
+def _run_type(value: str) -> str:
+    # Airflow renders `{{ dag_run.run_type }}` as the enum ("DagRunType.BACKFILL_JOB"); keep scheduled/manual/backfill.
+    name = value.rsplit(".", 1)[-1].lower()
+    return "backfill" if name.startswith("backfill") else name
 
 
 def _quiet_environment() -> None:

@@ -54,6 +54,7 @@ class RunContext:
     run_date: str  # the logical date, YYYY-MM-DD: selects the data partition
     run_id: str  # the Airflow run id (or a manual one): scopes run outputs
     dag_id: str = "manual"
+    run_type: str = "manual"  # Airflow's run type: scheduled | manual | backfill | asset_triggered
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def score(hypotheses: list[str], references: list[str], languages: list[str]) ->
 def _score_group(hypotheses, references, languages) -> dict[str, float]:
     hyp_tokens = [bleu_tokens(h, lang) for h, lang in zip(hypotheses, languages, strict=True)]
     ref_tokens = [bleu_tokens(r, lang) for r, lang in zip(references, languages, strict=True)]
-    bleu = sacrebleu.corpus_bleu(hyp_tokens, [ref_tokens], tokenize="none").score
+    # force: the text is tokenized on purpose (per language, above), which sacrebleu would otherwise warn about
+    bleu = sacrebleu.corpus_bleu(hyp_tokens, [ref_tokens], tokenize="none", force=True).score
     chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
     rouge = defaultdict(float)
     for hyp, ref in zip(hypotheses, references, strict=True):

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ProjectConfig, RunContext
 
-RUN_TAGS = ("airflow.dag_id", "airflow.run_id", "airflow.logical_date")
+RUN_TAGS = ("airflow.dag_id", "airflow.run_id", "airflow.logical_date", "airflow.run_type")
 
 
 def connect(project: ProjectConfig) -> str:
@@ -33,7 +33,7 @@ def connect(project: ProjectConfig) -> str:
 
 
 def run_tags(ctx: RunContext) -> dict[str, str]:
-    return dict(zip(RUN_TAGS, (ctx.dag_id, ctx.run_id, ctx.run_date), strict=True))
+    return dict(zip(RUN_TAGS, (ctx.dag_id, ctx.run_id, ctx.run_date, ctx.run_type), strict=True))
 
 
 def parent_run_id(project: ProjectConfig, ctx: RunContext) -> str:
@@ -80,6 +80,13 @@ def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] 
         client.log_metric(parent_id, key, value)
     for key, value in (tags or {}).items():
         client.set_tag(parent_id, key, value)
+
+
+def log_artifact_to_parent(path: Path) -> None:
+    active = mlflow.active_run()
+    parent_id = active.data.tags.get("mlflow.parentRunId") if active else None
+    if parent_id is not None:
+        MlflowClient().log_artifact(parent_id, str(path))
 
 
 def _ensure_sqlite_dir(uri: str) -> None:

@@ -4,21 +4,25 @@ chatterbot corpus; the outcome is checked in the data partition, the run outputs
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline import storage
+from pipeline.config import ProjectConfig, RunContext
+
 REPO = Path(__file__).resolve().parents[2]
 LOGICAL_DATE = datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC)
 
 
-def run_dag(config: Path):
+def run_dag(config: Path, logical_date: datetime.datetime = LOGICAL_DATE):
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("nightly_chat_retrain")
-    dag_run = dag.test(logical_date=LOGICAL_DATE, run_conf={"config": str(config)})
+    dag_run = dag.test(logical_date=logical_date, run_conf={"config": str(config)})
     return dag_run, {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
 
 
@@ -35,11 +39,12 @@ def test_nightly_run_registers_a_model_with_metrics(airflow_db, make_config, tmp
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (version,) = client.search_model_versions("name = 'tiny-chat'")
     assert client.get_model_version_by_alias("tiny-chat", "challenger").version == version.version
-    assert version.tags["airflow.run_id"] == dag_run.run_id
-    assert {"metric.bleu", "metric.rougeL", "metric.perplexity", "data.digest"} <= set(version.tags)
-    promoted = version.tags["promotion.decision"] == "promoted"
-    champion = client.get_model_version_by_alias("tiny-chat", "champion").version if promoted else None
-    assert champion == (version.version if promoted else None)  # versions are ints in MLflow 3
+    assert client.get_model_version_by_alias("tiny-chat", "champion").version == version.version
+    assert version.tags["airflow.run_id"] == dag_run.run_id and version.tags["airflow.run_type"] == "manual"
+    assert version.tags["promotion.decision"] == "promoted"
+    assert version.tags["promotion.reason"].startswith("perplexity") and "beats base model" in version.tags[
+        "promotion.reason"]
+    assert {"metric.bleu", "metric.rougeL", "metric.perplexity", "data.digest", "config.train"} <= set(version.tags)
 
     (parent,) = client.search_runs(
         [client.get_experiment_by_name("nightly-chat-retrain-test").experiment_id],
@@ -57,6 +62,23 @@ def test_nightly_run_registers_a_model_with_metrics(airflow_db, make_config, tmp
     loss_curve = client.get_metric_history(
         next(r for r in stages if r.data.tags["pipeline.stage"] == "train").info.run_id, "train/loss_step")
     assert len(loss_curve) >= 3  # logged every 10 of 40 steps
+    report = client.download_artifacts(parent.info.run_id, "evaluation_report.html", str(tmp_path))
+    assert "PROMOTED" in Path(report).read_text()
+
+    # The next night: the champion is scored on the same examples; the same data and seed give the same model,
+    # which does not beat the champion (a tie), so the champion stays.
+    second_run, states = run_dag(config, LOGICAL_DATE + datetime.timedelta(days=1))
+    assert set(states.values()) == {"success"}
+    evaluate_dir = storage.run_dir(ProjectConfig(runs_root=str(tmp_path / "runs")),
+                                   RunContext("2026-11-23", second_run.run_id, "nightly_chat_retrain"), "evaluate")
+    evaluation = json.loads((evaluate_dir / "evaluation.json").read_text())
+    assert set(evaluation["scores"]) == {"candidate", "champion", "base"} and evaluation["champion_version"] == "1"
+    assert evaluation["scores"]["champion"]["perplexity"] == pytest.approx(
+        evaluation["scores"]["candidate"]["perplexity"])
+    second = client.get_model_version_by_alias("tiny-chat", "challenger")
+    assert second.version == 2 and second.tags["promotion.decision"] == "rejected"
+    assert "does not beat champion v1" in second.tags["promotion.reason"]
+    assert client.get_model_version_by_alias("tiny-chat", "champion").version == 1
 
 
 @pytest.mark.timeout(600)

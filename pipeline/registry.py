@@ -1,0 +1,111 @@
+"""The MLflow model registry as the pipeline uses it: champion lookup and download, versions, rollback.
+
+    python -m pipeline.registry list     --config configs/embedded.yaml
+    python -m pipeline.registry rollback --config configs/embedded.yaml --version 3 --reason "v4 answers in English to Chinese"
+
+Aliases: `challenger` is the newest registered candidate; `champion` is what serves. Rolling back moves `champion`
+to a named version and records who asked and why on that version, so the history stays readable in the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.config import ProjectConfig, load_project
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def champion(client: MlflowClient, name: str):
+    """The champion model version, or None when nothing has been promoted yet."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def download_weights(name: str, version, destination: Path) -> Path:
+    """Fetch a version's Hugging Face weights (the pyfunc's `model` artifact) to a local directory."""
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination))
+    return Path(local) / "artifacts" / "model"
+
+
+def version_for_run(client: MlflowClient, name: str, run_id: str):
+    """The version a DAG run registered, if any: a retried promote task must not register a second one."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get("airflow.run_id") == run_id), None)
+
+
+def champion_history(client: MlflowClient, name: str, last: int) -> list:
+    """Versions that were promoted at some point, oldest first (the last `last` of them)."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    promoted = [v for v in versions if v.tags.get("promotion.decision") == "promoted"]
+    return sorted(promoted, key=lambda v: int(v.version))[-last:]
+
+
+def rollback(project: ProjectConfig, version: int, reason: str) -> None:
+    tracking.connect(project)
+    client = MlflowClient()
+    target = client.get_model_version(project.registered_model, str(version))  # raises if it does not exist
+    previous = champion(client, project.registered_model)
+    client.set_registered_model_alias(project.registered_model, CHAMPION, target.version)
+    note = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} by {getpass.getuser()}: {reason}"
+    client.set_model_version_tag(project.registered_model, target.version, "rollback.note", note)
+    if previous is not None:
+        client.set_model_version_tag(project.registered_model, previous.version, "rollback.replaced_by",
+                                     f"v{target.version} ({note})")
+    print(f"champion: v{previous.version if previous else '-'} -> v{target.version}")
+
+
+def list_versions(project: ProjectConfig) -> None:
+    tracking.connect(project)
+    client = MlflowClient()
+    name = project.registered_model
+    aliases = {}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            aliases.setdefault(int(client.get_model_version_by_alias(name, alias).version), []).append(alias)
+        except MlflowException:
+            pass
+    for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+        print(f"v{v.version:<4} {','.join(aliases.get(int(v.version), [])):20s} "
+              f"{v.tags.get('airflow.logical_date', '-'):11s} bleu={v.tags.get('metric.bleu', '-'):8s} "
+              f"{v.tags.get('promotion.decision', '-')}: {v.tags.get('promotion.reason', '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.registry", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("list", "rollback"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--config", required=True)
+        if name == "rollback":
+            sub.add_argument("--version", type=int, required=True, help="version to make champion")
+            sub.add_argument("--reason", required=True, help="why; recorded on the model version")
+    args = parser.parse_args(argv)
+    project = load_project(args.config)
+    try:
+        rollback(project, args.version, args.reason) if args.command == "rollback" else list_versions(project)
+    except MlflowException as exc:
+        print(f"registry error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
