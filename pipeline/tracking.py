@@ -71,8 +71,7 @@ def stage_run(project: ProjectConfig, ctx: RunContext, stage: str) -> Iterator[m
 
 def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
     """Copy headline numbers onto the DAG-run (parent) run, which is what the compare view lines up."""
-    active = mlflow.active_run()
-    parent_id = active.data.tags.get("mlflow.parentRunId") if active else None
+    parent_id = _active_parent_id()
     if parent_id is None:
         return
     client = MlflowClient()
@@ -83,10 +82,14 @@ def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] 
 
 
 def log_artifact_to_parent(path: Path) -> None:
-    active = mlflow.active_run()
-    parent_id = active.data.tags.get("mlflow.parentRunId") if active else None
+    parent_id = _active_parent_id()
     if parent_id is not None:
         MlflowClient().log_artifact(parent_id, str(path))
+
+
+def _active_parent_id() -> str | None:
+    active = mlflow.active_run()
+    return active.data.tags.get("mlflow.parentRunId") if active else None
 
 
 def _ensure_sqlite_dir(uri: str) -> None:
