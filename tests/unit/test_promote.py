@@ -46,6 +46,13 @@ def test_regression_on_another_metric_blocks_promotion():
     assert "PASS chrf: 30.000 vs 30.500 (change -0.500, allowed >= -2.0)" in decision.checks
 
 
+def test_per_language_regression_is_caught():
+    config = promote.PromoteConfig(max_regression={"rougeL_zh": 1.0})
+    tonight = {"candidate": {"bleu": 10.0, "rougeL_zh": 5.0}, "base": {"bleu": 4.0, "rougeL_zh": 8.0}}
+    decision = promote.decide(config, tonight, None)
+    assert not decision.promote and decision.reason.endswith("blocked: rougeL_zh regressed by 3.000 (> 1.0)")
+
+
 def test_margin_lower_is_better_and_ties():
     assert not promote.decide(promote.PromoteConfig(min_improvement=6.5), SCORES, None).promote
     assert promote.decide(promote.PromoteConfig(gate_metric="perplexity", max_regression={}), SCORES, None).promote
