@@ -38,10 +38,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    # The tier of a test is the folder it lives in (unit/, dags/, integration/).
+    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/).
     for item in items:
         tier = Path(item.fspath).parent.name
-        if tier in ("unit", "dags", "integration"):
+        if tier in ("unit", "dags", "integration", "slow"):
             item.add_marker(getattr(pytest.mark, tier))
 
 
