@@ -46,14 +46,16 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
         mlflow.log_params(as_params(config, "evaluate"))
         turns = pd.read_parquet(Path(dataset) / "turns.parquet")
         examples = chat_data.eval_examples(turns, config.split)[: config.max_examples]
-        system_prompt = json.loads((Path(model) / "train_config.json").read_text()).get("train.system_prompt")
         others, champion_version = incumbents(config, project, ctx)
         contenders = {"candidate": model, **others}
         scores, samples = {}, pd.DataFrame({
             "conversation_id": [e.conversation_id for e in examples], "language": [e.language for e in examples],
             "prompt": [e.history[-1]["content"] for e in examples], "reference": [e.reference for e in examples],
         })
+        candidate_prompt = trained_system_prompt(model)
         for name, reference in contenders.items():
+            # Each fine-tuned model is prompted as it was trained; the base model as tonight's candidate.
+            system_prompt = trained_system_prompt(reference) if name == "champion" else candidate_prompt
             scores[name], samples[name] = evaluate_model(reference, examples, turns, config, system_prompt)
         shutil.rmtree(storage.run_dir(project, ctx, "evaluate_champion"), ignore_errors=True)  # a 0.5 GB copy
         output = write_outputs(scores, samples, project, ctx, dataset, model, champion_version)
@@ -75,6 +77,10 @@ def incumbents(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext) 
     if config.evaluate_base:
         found["base"] = project.base_model
     return found, champion_version
+
+
+def trained_system_prompt(model_dir: str) -> str | None:
+    return json.loads((Path(model_dir) / "train_config.json").read_text()).get("train.system_prompt")
 
 
 def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt):
