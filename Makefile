@@ -35,6 +35,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 airflow-db: setup
 	$(VENV)/bin/airflow db migrate > /dev/null
+	$(VENV)/bin/airflow pools set training 1 "one training job at a time (nightly and backfills)" > /dev/null
 
 ## One real nightly run of the DAG for DATE (default today) on the embedded stack.
 run: airflow-db

@@ -10,7 +10,9 @@ next task through XCom. No heavy imports here: the scheduler parses this file of
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pendulum
@@ -35,6 +37,31 @@ def stage_command(stage: str, *extra: str, **inputs: str) -> str:
     return " ".join([*parts, *extra])
 
 
+def record_failure(context) -> None:
+    """Failure callback: mark the DAG run's MLflow run FAILED and name the task, also for timeouts and kills that
+    the stage cannot record itself. Runs as a command (like the stages) so this file stays free of heavy imports."""
+    dag_run, ti = context["dag_run"], context["ti"]
+    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
+    command = [
+        PYTHON, "-m", "pipeline.tracking", "record-failure", "--config", context["params"]["config"],
+        "--run-date", context["ds"], "--run-id", dag_run.run_id, "--dag-id", dag_run.dag_id,
+        "--run-type", str(run_type), "--task", ti.task_id, "--error", str(context.get("exception") or ""),
+    ]
+    subprocess.run(command, cwd=PROJECT_ROOT, timeout=300, check=False)
+
+
+# A retry waits 5, 10, 20 min (capped at 30): long enough for a flaky disk, S3 or node to come back.
+DEFAULT_ARGS = {
+    "retries": 2,
+    "retry_delay": timedelta(minutes=5),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(hours=1),
+    "on_failure_callback": record_failure,
+}
+TRAINING_POOL = "training"  # one slot: nightly and backfill runs never train at the same time (`make airflow-db`)
+
+
 @dag(
     dag_id="nightly_chat_retrain",
     description="Fine-tune the chat model on the newest dialogues; promote it only if it beats the champion.",
@@ -42,6 +69,7 @@ def stage_command(stage: str, *extra: str, **inputs: str) -> str:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,  # past dates are re-run deliberately, as backfills
     max_active_runs=1,
+    default_args=DEFAULT_ARGS,
     params={
         "config": Param("configs/embedded.yaml", type="string", description="Stage config YAML (project-relative)."),
         "allow_backfill_promotion": Param(
@@ -55,15 +83,15 @@ def nightly_chat_retrain():
     def ingest() -> str:
         return stage_command("ingest")
 
-    @task.bash(cwd=str(PROJECT_ROOT))
+    @task.bash(cwd=str(PROJECT_ROOT), retries=0)  # a broken data contract is not transient: fail at once
     def validate(dataset: str) -> str:
         return stage_command("validate", dataset=dataset)
 
-    @task.bash(cwd=str(PROJECT_ROOT))
+    @task.bash(cwd=str(PROJECT_ROOT), pool=TRAINING_POOL, execution_timeout=timedelta(hours=8))
     def train(dataset: str) -> str:
         return stage_command("train", dataset=dataset)
 
-    @task.bash(cwd=str(PROJECT_ROOT))
+    @task.bash(cwd=str(PROJECT_ROOT), execution_timeout=timedelta(hours=3))
     def evaluate(dataset: str, model: str) -> str:
         return stage_command("evaluate", dataset=dataset, model=model)
 

@@ -59,14 +59,21 @@ def parent_run_id(project: ProjectConfig, ctx: RunContext) -> str:
 def stage_run(project: ProjectConfig, ctx: RunContext, stage: str) -> Iterator[mlflow.ActiveRun]:
     """Open the DAG run's parent run and a nested child run named after the stage.
 
-    An exception marks both FAILED (MLflow's context managers do that), so a failed night is visible in the UI.
+    An exception marks both FAILED (MLflow's context managers do that) and records the error on both, so a failed
+    night is visible, with its reason, in the UI.
     """
     parent_id = parent_run_id(project, ctx)
     with mlflow.start_run(run_id=parent_id):
         with mlflow.start_run(
             run_name=stage, nested=True, tags={**run_tags(ctx), "pipeline.level": "stage", "pipeline.stage": stage}
         ) as child:
-            yield child
+            try:
+                yield child
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:5000]
+                mlflow.set_tag("failure.error", error)
+                log_to_parent(tags={"failure.stage": stage, "failure.error": error})
+                raise
 
 
 def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
@@ -87,6 +94,32 @@ def log_artifact_to_parent(path: Path) -> None:
         MlflowClient().log_artifact(parent_id, str(path))
 
 
+def record_failure(project: ProjectConfig, ctx: RunContext, task_id: str, error: str) -> None:
+    """Mark the DAG run's MLflow run FAILED, naming the Airflow task. Called from the DAG's failure callback, which
+    also covers what a stage cannot record itself: timeouts, kills, bad configs."""
+    run_id = parent_run_id(project, ctx)
+    client = MlflowClient()
+    client.set_tag(run_id, "failure.task", task_id)
+    client.set_tag(run_id, "failure.airflow_error", error[:5000])
+    client.set_terminated(run_id, status="FAILED")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.tracking record-failure ...`: the failure callback's command."""
+    import argparse
+
+    from pipeline.config import load_project
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking")
+    parser.add_argument("command", choices=["record-failure"])
+    for flag in ("--config", "--run-date", "--run-id", "--dag-id", "--run-type", "--task", "--error"):
+        parser.add_argument(flag, required=flag not in ("--run-type", "--error"), default="")
+    args = parser.parse_args(argv)
+    ctx = RunContext(args.run_date, args.run_id, args.dag_id, args.run_type or "manual")
+    record_failure(load_project(args.config), ctx, args.task, args.error)
+    return 0
+
+
 def _active_parent_id() -> str | None:
     active = mlflow.active_run()
     return active.data.tags.get("mlflow.parentRunId") if active else None
@@ -95,3 +128,7 @@ def _active_parent_id() -> str | None:
 def _ensure_sqlite_dir(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

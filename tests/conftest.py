@@ -76,4 +76,6 @@ def make_config(tmp_path, tiny_model_dir):
 def airflow_db():
     """A migrated Airflow metadata DB (SQLite) in the session's AIRFLOW_HOME."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "airflow", "pools", "set", "training", "1", "training"], check=True,
+                   capture_output=True)
     return os.environ["AIRFLOW_HOME"]

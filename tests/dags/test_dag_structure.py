@@ -32,6 +32,16 @@ def test_schedule_and_params(dag):
     assert dag.params["config"] == "configs/embedded.yaml"
 
 
+def test_retries_timeouts_pool_and_failure_callback(dag):
+    tasks = {t.task_id: t for t in dag.tasks}
+    assert tasks["validate"].retries == 0  # a data contract failure is not transient
+    assert {tasks[t].retries for t in ("ingest", "train", "evaluate", "promote")} == {2}
+    assert tasks["train"].retry_exponential_backoff and tasks["train"].max_retry_delay.total_seconds() == 1800
+    assert tasks["train"].pool == "training"
+    assert tasks["train"].execution_timeout.total_seconds() == 8 * 3600
+    assert all(t.execution_timeout is not None and t.on_failure_callback for t in dag.tasks)
+
+
 def test_every_task_runs_its_stage_command():
     sys.path.insert(0, str(REPO / "dags"))
     from nightly_chat_retrain import stage_command

@@ -90,3 +90,12 @@ def test_failed_validation_stops_the_run_before_training(airflow_db, make_config
     assert not list((tmp_path / "runs").glob("*/*/train"))
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.search_registered_models() == []
+    # The failure and its reason are on the DAG run in MLflow: from the stage itself and from Airflow's callback.
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("nightly-chat-retrain-test").experiment_id],
+        filter_string="tags.`pipeline.level` = 'dag_run'",
+    )
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["failure.stage"] == "validate" and parent.data.tags["failure.task"] == "validate"
+    assert "DataValidationError" in parent.data.tags["failure.error"]
+    assert "expect_table_row_count_to_be_between" in parent.data.tags["failure.error"]
