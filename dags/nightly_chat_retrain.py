@@ -41,11 +41,10 @@ def record_failure(context) -> None:
     """Failure callback: mark the DAG run's MLflow run FAILED and name the task, also for timeouts and kills that
     the stage cannot record itself. Runs as a command (like the stages) so this file stays free of heavy imports."""
     dag_run, ti = context["dag_run"], context["ti"]
-    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
     command = [
-        PYTHON, "-m", "pipeline.tracking", "record-failure", "--config", context["params"]["config"],
+        PYTHON, "-m", "pipeline", "record-failure", "--config", context["params"]["config"],
         "--run-date", context["ds"], "--run-id", dag_run.run_id, "--dag-id", dag_run.dag_id,
-        "--run-type", str(run_type), "--task", ti.task_id, "--error", str(context.get("exception") or ""),
+        "--run-type", str(dag_run.run_type), "--task", ti.task_id, "--error", str(context.get("exception") or ""),
     ]
     subprocess.run(command, cwd=PROJECT_ROOT, timeout=300, check=False)
 

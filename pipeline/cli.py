@@ -5,6 +5,7 @@
     python -m pipeline train    --config ... --run-date ... --dataset <validated dataset>
     python -m pipeline evaluate --config ... --run-date ... --dataset ... --model <train output>
     python -m pipeline promote  --config ... --run-date ... --evaluation <evaluate output>
+    python -m pipeline record-failure --config ... --run-date ... --run-id ... --task <task_id>   # failure callback
 
 Airflow's bash tasks push that last line to XCom, so tasks hand each other URIs, never data. Logs go to stderr.
 Exit codes: 0 ok, 1 the stage failed (e.g. validation), 2 bad config or arguments.
@@ -19,7 +20,7 @@ import logging
 import os
 import sys
 
-from pipeline.config import ConfigError, RunContext, load_project, load_section
+from pipeline.config import ConfigError, RunContext, load_project, load_section, run_type_name
 
 # stage -> (module, config class, inputs it takes as URIs)
 STAGES = {
@@ -35,22 +36,24 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
     stages = root.add_subparsers(dest="stage", required=True)
     for stage, (_, _, inputs) in STAGES.items():
-        sub = stages.add_parser(stage, help=f"run the {stage} stage")
-        sub.add_argument("--config", required=True, help="YAML config with one section per stage")
-        sub.add_argument("--run-date", required=True, type=_date, help="logical date YYYY-MM-DD (data partition)")
-        sub.add_argument("--run-id", help="run id scoping outputs and MLflow runs (default: manual__<date>)")
-        sub.add_argument("--dag-id", default="manual", help="DAG id, recorded as an MLflow tag")
-        sub.add_argument("--run-type", default="manual", type=_run_type,
-                         help="Airflow run type (scheduled/manual/backfill)")
+        sub = _run_arguments(stages.add_parser(stage, help=f"run the {stage} stage"))
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override config")
         for name in inputs:
             sub.add_argument(f"--{name}", required=True, help=f"{name} URI produced by the upstream task")
+    failure = _run_arguments(stages.add_parser("record-failure", help="mark the DAG run's MLflow run FAILED"))
+    failure.add_argument("--task", required=True, help="the Airflow task that failed")
+    failure.add_argument("--error", default="", help="Airflow's error message")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet_environment()
+    if args.stage == "record-failure":  # the DAG's failure callback: not a stage, no config section of its own
+        from pipeline import tracking
+
+        tracking.record_failure(load_project(args.config), _context(args), args.task, args.error)
+        return 0
     sys.stdout.reconfigure(line_buffering=True)  # task logs stream live instead of arriving at exit
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module_name, config_class, inputs = STAGES[args.stage]
@@ -61,10 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    ctx = RunContext(run_date=args.run_date, run_id=args.run_id or f"manual__{args.run_date}", dag_id=args.dag_id,
-                     run_type=args.run_type)
     try:
-        output = module.run(config, project, ctx, **{name: getattr(args, name) for name in inputs})
+        output = module.run(config, project, _context(args), **{name: getattr(args, name) for name in inputs})
     except Exception as exc:  # the message is what a person reads in the Airflow task log
         logging.getLogger("pipeline").exception("stage %s failed", args.stage)
         print(f"{args.stage} failed: {exc}", file=sys.stderr)
@@ -80,10 +81,20 @@ def _date(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is not a YYYY-MM-DD date") from exc
 
 
-def _run_type(value: str) -> str:
-    # Airflow renders `{{ dag_run.run_type }}` as the enum ("DagRunType.BACKFILL_JOB"); keep scheduled/manual/backfill.
-    name = value.rsplit(".", 1)[-1].lower()
-    return "backfill" if name.startswith("backfill") else name
+def _run_arguments(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments that identify a DAG run (and so its outputs and MLflow runs); every subcommand takes them."""
+    sub.add_argument("--config", required=True, help="YAML config with one section per stage")
+    sub.add_argument("--run-date", required=True, type=_date, help="logical date YYYY-MM-DD (data partition)")
+    sub.add_argument("--run-id", help="run id scoping outputs and MLflow runs (default: manual__<date>)")
+    sub.add_argument("--dag-id", default="manual", help="DAG id, recorded as an MLflow tag")
+    sub.add_argument("--run-type", default="manual", type=run_type_name,
+                     help="Airflow run type (scheduled/manual/backfill)")
+    return sub
+
+
+def _context(args: argparse.Namespace) -> RunContext:
+    return RunContext(run_date=args.run_date, run_id=args.run_id or f"manual__{args.run_date}", dag_id=args.dag_id,
+                      run_type=args.run_type)
 
 
 def _quiet_environment() -> None:

@@ -57,6 +57,12 @@ class RunContext:
     run_type: str = "manual"  # Airflow's run type: scheduled | manual | backfill | asset_triggered
 
 
+def run_type_name(value: str) -> str:
+    """Airflow's run type as scheduled / manual / backfill / ...; templates render the enum ("DagRunType.BACKFILL_JOB")."""
+    name = str(value).rsplit(".", 1)[-1].lower()
+    return "backfill" if name.startswith("backfill") else name
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

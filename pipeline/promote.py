@@ -92,7 +92,7 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     train_config = (Path(result["model"]) / "train_config.json").read_text()
     tags = {**tracking.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
             "config.train": json.dumps(json.loads(train_config), sort_keys=True),
-            "mlflow.parent_run_id": tracking.parent_run_id(project, ctx),
+            "mlflow.parent_run_id": tracking.active_parent_id(),
             **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k}}
     for key, value in tags.items():
         client.set_model_version_tag(name, model_version.version, key, value)

@@ -39,23 +39,23 @@ def download_weights(name: str, version, destination: Path) -> Path:
     return Path(local) / "artifacts" / "model"
 
 
+def versions(client: MlflowClient, name: str) -> list:
+    """All versions of a registered model, oldest first; none when the model is not registered yet."""
+    try:
+        found = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return sorted(found, key=lambda v: int(v.version))
+
+
 def version_for_run(client: MlflowClient, name: str, run_id: str):
     """The version a DAG run registered, if any: a retried promote task must not register a second one."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    return next((v for v in versions if v.tags.get("airflow.run_id") == run_id), None)
+    return next((v for v in versions(client, name) if v.tags.get("airflow.run_id") == run_id), None)
 
 
 def champion_history(client: MlflowClient, name: str, last: int) -> list:
     """Versions that were promoted at some point, oldest first (the last `last` of them)."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return []
-    promoted = [v for v in versions if v.tags.get("promotion.decision") == "promoted"]
-    return sorted(promoted, key=lambda v: int(v.version))[-last:]
+    return [v for v in versions(client, name) if v.tags.get("promotion.decision") == "promoted"][-last:]
 
 
 def rollback(project: ProjectConfig, version: int, reason: str) -> None:
@@ -82,7 +82,7 @@ def list_versions(project: ProjectConfig) -> None:
             aliases.setdefault(int(client.get_model_version_by_alias(name, alias).version), []).append(alias)
         except MlflowException:
             pass
-    for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+    for v in versions(client, name):
         print(f"v{v.version:<4} {','.join(aliases.get(int(v.version), [])):20s} "
               f"{v.tags.get('airflow.logical_date', '-'):11s} bleu={v.tags.get('metric.bleu', '-'):8s} "
               f"{v.tags.get('promotion.decision', '-')}: {v.tags.get('promotion.reason', '')}")

@@ -78,7 +78,7 @@ def stage_run(project: ProjectConfig, ctx: RunContext, stage: str) -> Iterator[m
 
 def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
     """Copy headline numbers onto the DAG-run (parent) run, which is what the compare view lines up."""
-    parent_id = _active_parent_id()
+    parent_id = active_parent_id()
     if parent_id is None:
         return
     client = MlflowClient()
@@ -89,7 +89,7 @@ def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] 
 
 
 def log_artifact_to_parent(path: Path) -> None:
-    parent_id = _active_parent_id()
+    parent_id = active_parent_id()
     if parent_id is not None:
         MlflowClient().log_artifact(parent_id, str(path))
 
@@ -104,23 +104,8 @@ def record_failure(project: ProjectConfig, ctx: RunContext, task_id: str, error:
     client.set_terminated(run_id, status="FAILED")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.tracking record-failure ...`: the failure callback's command."""
-    import argparse
-
-    from pipeline.config import load_project
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking")
-    parser.add_argument("command", choices=["record-failure"])
-    for flag in ("--config", "--run-date", "--run-id", "--dag-id", "--run-type", "--task", "--error"):
-        parser.add_argument(flag, required=flag not in ("--run-type", "--error"), default="")
-    args = parser.parse_args(argv)
-    ctx = RunContext(args.run_date, args.run_id, args.dag_id, args.run_type or "manual")
-    record_failure(load_project(args.config), ctx, args.task, args.error)
-    return 0
-
-
-def _active_parent_id() -> str | None:
+def active_parent_id() -> str | None:
+    """The DAG-run (parent) run of the active stage run, if any."""
     active = mlflow.active_run()
     return active.data.tags.get("mlflow.parentRunId") if active else None
 
@@ -128,7 +113,3 @@ def _active_parent_id() -> str | None:
 def _ensure_sqlite_dir(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

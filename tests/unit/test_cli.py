@@ -3,6 +3,7 @@
 import pytest
 
 from pipeline import cli
+from pipeline.config import run_type_name
 
 
 @pytest.mark.parametrize("rendered, expected", [
@@ -10,7 +11,7 @@ from pipeline import cli
     ("DagRunType.MANUAL", "manual"), ("scheduled", "scheduled"),
 ])
 def test_run_type_accepts_airflows_enum_rendering(rendered, expected):
-    assert cli._run_type(rendered) == expected
+    assert run_type_name(rendered) == expected
 
 
 def test_bad_date_and_missing_input_are_usage_errors(capsys):
