@@ -50,6 +50,7 @@ ui: setup
 bench: setup
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_training.py
 
 ## Registry: list versions and aliases; move `champion` back to VERSION (make rollback VERSION=3 REASON="...").
 models: setup

@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override config")
         for name in inputs:
             sub.add_argument(f"--{name}", required=True, help=f"{name} URI produced by the upstream task")
+        # The deepspeed launcher appends --local_rank=N; the rank is read from the environment (LOCAL_RANK) instead.
+        sub.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     failure = _run_arguments(stages.add_parser("record-failure", help="mark the DAG run's MLflow run FAILED"))
     failure.add_argument("--task", required=True, help="the Airflow task that failed")
     failure.add_argument("--error", default="", help="Airflow's error message")

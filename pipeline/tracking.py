@@ -56,12 +56,15 @@ def parent_run_id(project: ProjectConfig, ctx: RunContext) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(project: ProjectConfig, ctx: RunContext, stage: str) -> Iterator[mlflow.ActiveRun]:
+def stage_run(project: ProjectConfig, ctx: RunContext, stage: str, enabled: bool = True) -> Iterator[mlflow.ActiveRun | None]:
     """Open the DAG run's parent run and a nested child run named after the stage.
 
     An exception marks both FAILED (MLflow's context managers do that) and records the error on both, so a failed
-    night is visible, with its reason, in the UI.
+    night is visible, with its reason, in the UI. enabled=False (training ranks other than 0) opens nothing.
     """
+    if not enabled:
+        yield None
+        return
     parent_id = parent_run_id(project, ctx)
     with mlflow.start_run(run_id=parent_id):
         with mlflow.start_run(

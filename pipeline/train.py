@@ -1,17 +1,23 @@
 """Stage 3, train: fine-tune the base chat model on the validated partition with transformers' Trainer.
 
     python -m pipeline train --config configs/embedded.yaml --run-date 2026-11-22 --dataset data/conversations/dt=2026-11-22
+    python -m pipeline train ... --set train.mode=lora                                # full | lora | freeze
     python -m pipeline train ... --set train.deepspeed=configs/deepspeed/zero2.json   # DeepSpeed, one process
+    torchrun --nproc-per-node 2 -m pipeline train ... --set train.deepspeed=...      # N processes, same command
 
-Loss is on assistant tokens only (see chat_data). Batches are grouped by length and padded per batch. The model is
-saved in Hugging Face format to the run's `train/model` directory, which is printed for the next task.
+Loss is on assistant tokens only (see chat_data). Conversations are packed into rows of max_seq_length tokens
+(batching.py) or length-grouped and padded per batch. Checkpoints go to the run's train directory; a retried or
+SIGTERM-ed task resumes from the last one. Only rank 0 logs to MLflow and writes the model, in Hugging Face format,
+to the run's `train/model` directory, which is printed for the next task.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import socket
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,76 +25,150 @@ import mlflow
 import pandas as pd
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from pipeline import chat_data, models, storage, tracking
+from pipeline import batching, chat_data, checkpoints, distributed, models, storage, tracking, tuning
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
 
 
+class TrainingInterrupted(RuntimeError):
+    """Stopped by SIGTERM after saving a checkpoint; the next attempt resumes from it."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps; the nightly budget, not epochs."})
-    batch_size: int = field(default=8, metadata={"help": "Conversations per device per step."})
+    batch_size: int = field(default=8, metadata={
+        "help": "Per device per step: packed rows of max_seq_length tokens, or conversations without packing."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate (full fine-tune)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps before the linear decay."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_seq_length: int = field(default=256, metadata={"help": "Tokens per conversation; longer ones are cut."})
+    max_seq_length: int = field(default=256, metadata={"help": "Tokens per conversation and per packed row."})
+    packing: bool = field(default=True, metadata={
+        "help": "Pack conversations into rows (no cross-attention); False = length-grouped dynamic padding."})
+    drop_replyless: bool = field(default=False, metadata={
+        "help": "A conversation whose every reply is cut off by max_seq_length fails the run; True drops it."})
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32. bf16 = autocast, fp32 master."})
+    mode: str = field(default="full", metadata={"help": "full | lora | freeze (all but trainable_top_layers)."})
+    trainable_top_layers: int = field(default=4, metadata={"help": "freeze mode: decoder layers left trainable."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "'all-linear' or comma-separated module names (q_proj,v_proj)."})
     system_prompt: str | None = field(default=None, metadata={"help": "None keeps the template's own default."})
     deepspeed: str | None = field(default=None, metadata={"help": "Path to a DeepSpeed JSON config, or None."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss / lr / grad norm every N steps."})
+    checkpoint_mirror: str | None = field(default=None, metadata={
+        "help": "s3://bucket/prefix: also keep checkpoints there (per DAG run), so a retry elsewhere resumes."})
+    checkpoint_steps: int | None = field(default=None, metadata={
+        "help": "Save a checkpoint and measure validation loss every N steps (resume, early stopping, best model)."})
+    early_stopping_patience: int | None = field(default=None, metadata={
+        "help": "Stop after N checkpoints without a better validation loss; needs checkpoint_steps."})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoints after a successful run."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss / lr / grad norm / tokens/s every N steps."})
     max_eval_conversations: int = field(default=200, metadata={"help": "Validation conversations for val loss."})
     seed: int = field(default=42, metadata={"help": "Seed for data order and initialisation; logged."})
 
     def __post_init__(self):
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
-            raise ValueError(f"deepspeed config {self.deepspeed!r} does not exist")
+        if self.mode not in tuning.MODES:
+            raise ValueError(f"mode must be one of {tuning.MODES}, got {self.mode!r}")
+        if self.deepspeed is not None:
+            if not Path(self.deepspeed).is_file():
+                raise ValueError(f"deepspeed config {self.deepspeed!r} does not exist")
+            stage = json.loads(Path(self.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0)
+            if self.mode == "lora" and stage == 3:
+                raise ValueError("mode lora with ZeRO-3 is not supported (the adapter merge needs whole weights); "
+                                 "use a ZeRO-2 config")
+        if self.checkpoint_mirror is not None and not self.checkpoint_mirror.startswith("s3://"):
+            raise ValueError(f"checkpoint_mirror must be an s3://bucket/prefix URI, got {self.checkpoint_mirror!r}")
+        if self.early_stopping_patience is not None and self.checkpoint_steps is None:
+            raise ValueError("early_stopping_patience needs checkpoint_steps (validation runs at each checkpoint)")
 
 
 def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: str) -> Path:
     set_seed(config.seed)
-    with tracking.stage_run(project, ctx, "train"):
-        mlflow.log_params({**as_params(config, "train"), "train.base_model": project.base_model})
+    main = distributed.is_main_process()
+    with tracking.stage_run(project, ctx, "train", enabled=main):
         manifest = storage.read_manifest(dataset)
         turns = pd.read_parquet(Path(dataset) / "turns.parquet")
         tokenizer = models.load_tokenizer(project.base_model)
-        train_set = build_dataset(turns, "train", tokenizer, config)
-        val_set = build_dataset(turns, "validation", tokenizer, config, limit=config.max_eval_conversations)
-        model = models.load_model(project.base_model)
+        train_set, train_stats = build_dataset(turns, "train", tokenizer, config)
+        val_set, val_stats = build_dataset(turns, "validation", tokenizer, config, limit=config.max_eval_conversations)
+        model = tuning.prepare(models.load_model(project.base_model), config)
+        # No KV cache while training: with one, transformers skips the packed-sequence mask (and wastes memory).
+        model.config.use_cache = False
         output = storage.run_dir(project, ctx, "train")
-        trainer = make_trainer(model, tokenizer, train_set, val_set, config, output / "trainer")
-        result = trainer.train()
+        trainer, collator = make_trainer(model, tokenizer, train_set, val_set, config, output / "checkpoints")
+        stopper = checkpoints.StopOnSigterm()
+        trainer.add_callback(stopper)
+        mirror = checkpoints.mirror_uri(config.checkpoint_mirror, output)
+        if main:
+            checkpoints.prepare(output / "checkpoints", mirror, {
+                "config": as_params(config, "train"), "data_digest": manifest["digest"],
+                "base_model": project.base_model, "world_size": distributed.world_size()})
+        if mirror:
+            trainer.add_callback(checkpoints.MirrorCheckpoints(mirror))
+        trainer.accelerator.wait_for_everyone()  # rank 0 may just have restored or cleared checkpoints
+        resume = checkpoints.latest_complete(output / "checkpoints")
+        if main:
+            mlflow.log_params({**as_params(config, "train"), "train.base_model": project.base_model,
+                               "train.world_size": distributed.world_size(),
+                               "train.resolved_precision": "bf16" if trainer.args.bf16 else "fp32",
+                               "train.resumed_from": resume.name if resume else "none"})
+            mlflow.log_metrics({**train_stats, **val_stats, **tuning.parameter_counts(model)})
+        if resume:
+            log.info("resuming from %s", resume)
+        stopper.install()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if stopper.stopped_at is not None:
+            raise TrainingInterrupted(f"stopped by SIGTERM at step {stopper.stopped_at} of {config.max_steps}; "
+                                      f"checkpoint saved in {output / 'checkpoints'}; a rerun resumes from it")
         val_loss = trainer.evaluate()["eval_loss"]
-        model_dir = save(trainer, tokenizer, config, project, manifest, output / "model", result, val_loss)
-        tracking.log_to_parent({"train/loss": result.training_loss, "val/loss": val_loss})
+        summary = {"train_loss": result.training_loss, "val_loss": val_loss, "global_step": result.global_step,
+                   "padding_waste": collator.padding_waste, "resumed_from": resume.name if resume else None}
+        model_dir = save(trainer, tokenizer, config, project, manifest, output / "model", summary)
+        if main:
+            tracking.log_to_parent({"train/loss": result.training_loss, "val/loss": val_loss})
+            mlflow.log_metric("train/padding_waste_total", collator.padding_waste)
+            if not config.keep_checkpoints:
+                shutil.rmtree(output / "checkpoints", ignore_errors=True)
+                if mirror:
+                    checkpoints.forget(mirror)
     return model_dir
 
 
-def build_dataset(turns, split, tokenizer, config: TrainConfig, limit: int | None = None) -> Dataset:
-    rows, dropped = [], 0
-    for _, _, messages in chat_data.conversations(turns, split)[:limit]:
+def build_dataset(turns, split, tokenizer, config: TrainConfig, limit: int | None = None) -> tuple[Dataset, dict]:
+    samples, replyless = [], []
+    for cid, _, messages in chat_data.conversations(turns, split)[:limit]:
         encoded = chat_data.tokenize_conversation(tokenizer, messages, config.max_seq_length, config.system_prompt)
         if encoded is None:  # truncation removed every assistant token: nothing to learn from
-            dropped += 1
+            replyless.append(cid)
             continue
-        rows.append(encoded)
-    if not rows:
+        samples.append({**encoded, "conversation_ids": [cid]})
+    if replyless and not config.drop_replyless:
+        raise ValueError(
+            f"split {split!r}: {len(replyless)} conversation(s) lose every assistant reply when cut to "
+            f"max_seq_length={config.max_seq_length} tokens, e.g. {replyless[:5]}; raise train.max_seq_length or "
+            "set train.drop_replyless=true to skip them (they are counted in MLflow)")
+    if not samples:
         raise ValueError(f"split {split!r}: no conversation has an assistant turn within {config.max_seq_length} tokens")
-    mlflow.log_metrics({f"data/{split}_conversations": len(rows), f"data/{split}_dropped_truncated": dropped,
-                        f"data/{split}_tokens": sum(len(r["input_ids"]) for r in rows)})
-    return Dataset.from_list(rows)
+    tokens = sum(len(s["input_ids"]) for s in samples)
+    rows = batching.pack(samples, config.max_seq_length) if config.packing else samples
+    stats = {f"data/{split}_conversations": len(samples), f"data/{split}_dropped_replyless": len(replyless),
+             f"data/{split}_tokens": tokens, f"data/{split}_rows": len(rows)}
+    return Dataset.from_list(rows), stats
 
 
-def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, output_dir: Path) -> Trainer:
+def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, output_dir: Path):
     if config.deepspeed:
-        _single_process_distributed_env()
+        distributed.single_process_env()
     bf16 = config.precision == "bf16" or (config.precision == "auto" and _bf16_supported())
-    mlflow.log_param("train.resolved_precision", "bf16" if bf16 else "fp32")
+    every = config.checkpoint_steps
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=config.max_steps,
@@ -99,48 +179,94 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
         lr_scheduler_type="linear",
-        bf16=bf16,
-        train_sampling_strategy="group_by_length",  # similar lengths per batch: little padding
+        # Without CUDA say so: accelerate then sets up gloo and counts processes right (it counts 1 under DeepSpeed).
+        use_cpu=not torch.cuda.is_available(),
+        bf16=bf16,  # autocast; master weights and optimizer state stay fp32
+        # Packed rows are all ~max_seq_length long; unpacked conversations are grouped by length to cut padding.
+        train_sampling_strategy="random" if config.packing else "group_by_length",
         logging_steps=config.logging_steps,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",  # MLflow logging is ours (StepMetrics), into the stage's child run
+        save_strategy="steps" if every else "no",
+        save_steps=every or 500,
+        # The newest (to resume) and the best (to keep). With a limit of 1 the Trainer deletes the newest when
+        # training ends and it is not the best, which would lose the checkpoint a SIGTERM just saved.
+        save_total_limit=2,
+        eval_strategy="steps" if every else "no",
+        eval_steps=every,
+        load_best_model_at_end=bool(every),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to="none",  # MLflow logging is ours (StepMetrics), into the stage's child run, rank 0 only
         disable_tqdm=True,
         deepspeed=config.deepspeed,
         seed=config.seed,
+        data_seed=config.seed,
         dataloader_num_workers=0,
+        remove_unused_columns=False,  # the collator needs conversation_ids for its error messages
     )
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=val_set,
-        data_collator=lambda features: chat_data.pad_batch(features, tokenizer.pad_token_id),
-        callbacks=[StepMetrics()],
-    )
+    collator = batching.Collator(tokenizer.pad_token_id, packed=config.packing)
+    callbacks = [StepMetrics(collator)]
+    if config.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = ChatTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
+                          data_collator=collator, callbacks=callbacks,
+                          eval_collator=batching.Collator(tokenizer.pad_token_id, packed=config.packing))
+    return trainer, collator
 
 
-def save(trainer, tokenizer, config, project, manifest, final: Path, result, val_loss) -> Path:
+class ChatTrainer(Trainer):
+    """Trainer whose validation batches go through their own collator, so token counts measure training only."""
+
+    def __init__(self, *args, eval_collator, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+def save(trainer, tokenizer, config, project, manifest, final: Path, summary: dict) -> Path:
+    """Rank 0 writes the model atomically; other ranks still take part (ZeRO-3 gathers weights across ranks)."""
+    if not trainer.is_world_process_zero():
+        with tempfile.TemporaryDirectory() as nowhere:
+            if config.mode != "lora":
+                trainer.save_model(nowhere)
+        return final
     eot = models.end_of_turn_id(tokenizer)
-    trainer.model.generation_config.eos_token_id = eot  # generation stops at the end of the assistant turn
-    trainer.model.generation_config.pad_token_id = tokenizer.pad_token_id
     with storage.atomic_dir(final) as scratch:
-        trainer.save_model(str(scratch))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if config.mode == "lora":
+            model = tuning.merge_lora(model, scratch / "adapter")
+        model.generation_config.eos_token_id = eot  # generation stops at the end of the assistant turn
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.config.use_cache = True  # for generation downstream
+        if config.mode == "lora":
+            model.save_pretrained(str(scratch))
+        else:
+            trainer.save_model(str(scratch))  # under DeepSpeed this gathers the weights from the engine
         tokenizer.save_pretrained(str(scratch))
         storage.write_json(scratch / "train_config.json", as_params(config, "train"))
         storage.write_json(scratch / storage.MANIFEST, {
             "base_model": project.base_model, "data_digest": manifest["digest"],
-            "data_partition": manifest["partition_date"], "train_loss": result.training_loss,
-            "val_loss": val_loss, "global_step": result.global_step,
+            "data_partition": manifest["partition_date"], "mode": config.mode, **summary,
         })
     mlflow.log_artifact(str(final / "train_config.json"))
+    if config.mode == "lora":
+        mlflow.log_artifacts(str(final / "adapter"), "adapter")
     if config.deepspeed:
         mlflow.log_artifact(config.deepspeed)
     return final
 
 
 class StepMetrics(TrainerCallback):
-    """Send Trainer logs (loss, learning rate, grad norm, val loss, throughput) to the active MLflow run."""
+    """Send Trainer logs (loss, learning rate, grad norm, val loss) plus real tokens/s and padding waste to MLflow."""
+
+    def __init__(self, collator: batching.Collator):
+        self.collator = collator
+        self.last = None  # (time, real tokens) at the previous log
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -149,7 +275,16 @@ class StepMetrics(TrainerCallback):
                    "grad_norm": "train/grad_norm", "train_runtime": "train/runtime_s",
                    "train_samples_per_second": "train/samples_per_second"}
         metrics = {renamed[k]: float(v) for k, v in logs.items() if k in renamed and v is not None}
+        now, tokens = time.perf_counter(), self.collator.real_tokens
+        if self.last is not None and now > self.last[0] and tokens > self.last[1]:
+            # Non-pad tokens; every rank sees batches of the same shape, so the world rate is rank 0's x world size.
+            rate = (tokens - self.last[1]) / (now - self.last[0]) * args.world_size
+            metrics.update({"train/tokens_per_second": rate, "train/padding_waste": self.collator.padding_waste})
+        self.last = (now, tokens)
         mlflow.log_metrics(metrics, step=state.global_step)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = (time.perf_counter(), self.collator.real_tokens)
 
 
 def _bf16_supported() -> bool:
@@ -160,15 +295,3 @@ def _bf16_supported() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def _single_process_distributed_env() -> None:
-    """DeepSpeed needs a process group even for one process; without these it tries MPI discovery."""
-    if "RANK" in os.environ:
-        return  # launched by torchrun / deepspeed: they set everything
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")

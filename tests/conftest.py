@@ -1,6 +1,6 @@
 """Shared fixtures: an offline environment, a tiny chat model, per-test project configs, an Airflow DB.
 
-Everything runs offline on the CPU: the base model is a 2-layer GPT-2 built in ~1 s (tiny_model.py), the data is
+Everything runs offline on the CPU: the base model is a 2-layer Llama built in ~1 s (tiny_model.py), the data is
 the installed chatterbot corpus or the committed tests/data, MLflow is SQLite in a temp dir.
 """
 
@@ -79,3 +79,46 @@ def airflow_db():
     subprocess.run([sys.executable, "-m", "airflow", "pools", "set", "training", "1", "training"], check=True,
                    capture_output=True)
     return os.environ["AIRFLOW_HOME"]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server over real HTTP on 127.0.0.1; boto3 finds it through AWS_ENDPOINT_URL (set for subprocesses
+    too). Yields a fresh bucket name factory."""
+    import socket
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    import time
+
+    for _ in range(100):
+        try:
+            boto3.client("s3").list_buckets()
+            break
+        except Exception:
+            time.sleep(0.1)
+    counter = iter(range(10_000))
+
+    def bucket() -> str:
+        name = f"test-bucket-{next(counter)}"
+        boto3.client("s3").create_bucket(Bucket=name)
+        return name
+
+    yield bucket
+    server.terminate()
+    server.wait(timeout=10)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

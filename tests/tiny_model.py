@@ -1,5 +1,6 @@
-"""A tiny chat model built offline in about a second: GPT-2 (2 layers, width 128) with a byte-level BPE tokenizer
-trained on the chatterbot corpus and a ChatML template (the same turn markers as SmolLM2, pad == eos included)."""
+"""A tiny chat model built offline in about a second: Llama (SmolLM2's architecture; 2 layers, width 128, tied
+embeddings) with a byte-level BPE tokenizer trained on the chatterbot corpus and a ChatML template (the same turn
+markers as SmolLM2, pad == eos included)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -42,11 +43,12 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         unk_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHATML
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=512, n_embd=128, n_layer=2, n_head=4,
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=512, hidden_size=128, intermediate_size=256,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
+    model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out_dir = Path(out_dir)

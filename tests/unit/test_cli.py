@@ -21,3 +21,9 @@ def test_bad_date_and_missing_input_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as missing:
         cli.main(["train", "--config", "configs/tiny.yaml", "--run-date", "2026-11-22"])
     assert missing.value.code == 2 and "--dataset" in capsys.readouterr().err
+
+
+def test_the_deepspeed_launchers_local_rank_argument_is_accepted():
+    args = cli.parser().parse_args(["train", "--config", "c.yaml", "--run-date", "2026-11-22", "--dataset", "d",
+                                    "--local_rank=1"])
+    assert args.stage == "train" and args.local_rank == 1
