@@ -21,6 +21,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def run_variant(args) -> dict:
         config = train.TrainConfig(**{**config.__dict__, "batch_size": rows_per_step})
     model = models.load_model(reference)
     model.config.use_cache = False
-    output = Path("bench-results") / f".trainer-{args.variant}"
+    output = Path(tempfile.mkdtemp(prefix=f"bench-{args.variant}-"))  # the Trainer's output_dir; nothing is saved
     if args.variant == "baseline":
         stock = DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=args.max_seq_length)
         counter = batching.Collator(tokenizer.pad_token_id)  # only its counters are used
