@@ -51,6 +51,7 @@ bench: setup
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_ingest.py
 
 ## Registry: list versions and aliases; move `champion` back to VERSION (make rollback VERSION=3 REASON="...").
 models: setup

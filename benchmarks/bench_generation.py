@@ -30,9 +30,8 @@ def main() -> None:
     parser.add_argument("--output", default="bench-results/generation.json")
     args = parser.parse_args()
 
-    config = ingest.IngestConfig()
-    turns, _ = ingest.read_corpus(config)
-    histories = [e.history for e in chat_data.eval_examples(ingest.assign_splits(turns, config), "test")][: args.prompts]
+    turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")  # the embedded data: chatterbot en + zh
+    histories = [e.history for e in chat_data.eval_examples(turns, "test")][: args.prompts]
     reference = ProjectConfig().base_model
     tokenizer, model = models.load_tokenizer(reference), models.load_model(reference)
     generation.generate_replies(model, tokenizer, histories[:2], max_new_tokens=4, batch_size=2)  # warm-up

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--output", default="bench-results/metrics.json")
     args = parser.parse_args()
 
-    turns, _ = ingest.read_corpus(ingest.IngestConfig())
+    turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")
     replies = turns[turns["role"] == "assistant"][["text", "language"]].itertuples(index=False)
     by_language: dict[str, list[str]] = {}
     for text, language in replies:

@@ -77,9 +77,7 @@ def run_variant(args) -> dict:
     from pipeline import batching, ingest, models, train
     from pipeline.config import ProjectConfig
 
-    ingest_config = ingest.IngestConfig()
-    turns, _ = ingest.read_corpus(ingest_config)
-    turns = ingest.assign_splits(turns, ingest_config)
+    turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")  # the embedded data: chatterbot en + zh
     reference = ProjectConfig().base_model
     tokenizer = models.load_tokenizer(reference)
     packed = args.variant == "packed"

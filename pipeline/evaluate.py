@@ -45,6 +45,7 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
     with tracking.stage_run(project, ctx, "evaluate"):
         mlflow.log_params(as_params(config, "evaluate"))
         turns = pd.read_parquet(Path(dataset) / "turns.parquet")
+        tracking.log_dataset(Path(dataset), storage.read_manifest(dataset), context="evaluation")
         examples = chat_data.eval_examples(turns, config.split)[: config.max_examples]
         others, champion_version = incumbents(config, project, ctx)
         contenders = {"candidate": model, **others}
@@ -123,7 +124,9 @@ def write_outputs(scores, samples, project, ctx, dataset, model, champion_versio
         samples.to_parquet(scratch / "samples.parquet", index=False)
         storage.write_json(scratch / "evaluation.json", {
             "scores": scores, "examples": len(samples), "model": str(model), "dataset": str(dataset),
-            "data_digest": storage.read_manifest(dataset)["digest"], "champion_version": champion_version,
+            "data_digest": storage.read_manifest(dataset)["digest"],
+            "data_input_digest": storage.read_manifest(dataset).get("input_digest", ""),
+            "champion_version": champion_version,
         })
         storage.write_json(scratch / storage.MANIFEST, {"files": ["evaluation.json", "samples.parquet"]})
     return final

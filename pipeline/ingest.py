@@ -1,153 +1,235 @@
-"""Stage 1, ingest: chatterbot-corpus YAML -> canonical conversation table for one date partition.
+"""Stage 1, ingest: dialogue sources (see pipeline/sources.py) -> one cleaned, canonical table per date partition.
 
     python -m pipeline ingest --config configs/embedded.yaml --run-date 2026-11-22
 
-Output: <data_root>/conversations/dt=<date>/{turns.parquet, manifest.json}; one row per turn. The split of a
-conversation comes from a hash of its id, and the id from its content, so a conversation keeps its split on
-every night no matter what else is added (no train/test leakage as the data grows).
+Reads every configured source over the window (the logical date and `window_days - 1` days before it), cleans
+(Unicode form, whitespace, PII masking, length limit), drops exact and near-exact duplicate conversations and
+assigns splits. Output: <data_root>/conversations/dt=<date>/{turns.parquet, quarantine.jsonl, manifest.json}, one
+row per turn, written atomically; a rerun of the same date and inputs gives byte-identical files.
+
+The id of a conversation comes from its cleaned content and its split from a hash of the id, so a conversation
+keeps its split on every night no matter what else is added (no train/test leakage as the data grows).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
+import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
-import yaml
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline import storage, tracking
-from pipeline.config import ProjectConfig, RunContext, as_params
+from pipeline import cleaning, sources, storage, tracking
+from pipeline.config import ProjectConfig, RunContext, as_params, build
 
 log = logging.getLogger(__name__)
 
 DATASET = "conversations"
 COLUMNS = ["conversation_id", "turn_index", "role", "text", "language", "source", "split", "partition_date"]
-# Directory names in chatterbot-corpus -> language codes used in metrics and reports.
-LANGUAGE_CODES = {"english": "en", "chinese": "zh", "traditionalchinese": "zh-Hant", "japanese": "ja"}
+QUARANTINE = "quarantine.jsonl"
+
+
+class IngestError(RuntimeError):
+    """Nothing usable was read; the message names the sources."""
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    corpus_dir: str | None = field(
-        default=None, metadata={"help": "chatterbot-corpus data dir; default: the installed chatterbot_corpus."}
+    sources: list[dict] = field(
+        default_factory=lambda: [{"format": "chatterbot", "languages": ["english", "chinese"]}],
+        metadata={"help": "Dialogue sources (pipeline/sources.py SourceConfig): format, uri, partitioned, ..."},
     )
-    languages: list[str] = field(
-        default_factory=lambda: ["english", "chinese"], metadata={"help": "Corpus language directories to read."}
-    )
+    window_days: int = field(default=1, metadata={"help": "Partitioned sources: read this many days up to the date."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Share of conversations held for val."})
     test_fraction: float = field(default=0.1, metadata={"help": "Share of conversations held out for test."})
-    max_chars: int = field(default=2000, metadata={"help": "Utterances longer than this are truncated."})
+    max_chars: int = field(default=2000, metadata={"help": "A conversation with a longer turn is quarantined."})
+    unicode_form: str = field(
+        default="NFC", metadata={"help": "NFC keeps full-width CJK punctuation; NFKC folds it to ASCII; or none."}
+    )
+    mask_pii: bool = field(default=True, metadata={"help": "Replace e-mails, phone and card numbers by <EMAIL>..."})
+    near_dedup: bool = field(default=True, metadata={"help": "Also drop conversations equal up to case/punctuation."})
 
     def __post_init__(self):
         if not 0 < self.validation_fraction + self.test_fraction < 1:
             raise ValueError("validation_fraction + test_fraction must be in (0, 1)")
+        if self.window_days < 1:
+            raise ValueError("window_days must be >= 1")
+        if self.unicode_form not in ("NFC", "NFKC", "none"):
+            raise ValueError(f"unicode_form {self.unicode_form!r}: expected NFC, NFKC or none")
+        if not self.sources:
+            raise ValueError("at least one source is needed")
+        for number, source in enumerate(self.sources, start=1):
+            build(sources.SourceConfig, source, f"ingest.sources[{number}]")
 
 
 def run(config: IngestConfig, project: ProjectConfig, ctx: RunContext) -> Path:
     with tracking.stage_run(project, ctx, "ingest"):
         mlflow.log_params(as_params(config, "ingest"))
-        turns, counts = read_corpus(config)
-        turns = assign_splits(turns, config)
-        turns["partition_date"] = ctx.run_date
-        output = write_partition(turns, project, ctx, counts)
-        log_summary(turns, counts, output)
+        turns, quarantine, summary = collect(config, ctx.run_date)
+        output = write_partition(turns, quarantine, summary, project, ctx)
+        log_summary(output)
     return output
 
 
-def read_corpus(config: IngestConfig) -> tuple[pd.DataFrame, Counter]:
-    """Read every conversation of the configured languages; skip (and count) the malformed ones."""
-    root = Path(config.corpus_dir) if config.corpus_dir else Path(importlib.resources.files("chatterbot_corpus")) / "data"
-    rows, counts, seen = [], Counter(), set()
-    for language in config.languages:
-        files = sorted((root / language).glob("*.yml"))
-        if not files:
-            raise FileNotFoundError(f"{root / language}: no *.yml files for language {language!r}")
-        code = LANGUAGE_CODES.get(language, language)
-        for path in files:
-            for utterances in _conversations(path, counts):
-                utterances = [u[: config.max_chars] for u in utterances]
-                conversation_id = _conversation_id(code, utterances)
-                if conversation_id in seen:  # exact duplicates would appear twice in training and could straddle splits
-                    counts["skipped_duplicate"] += 1
-                    continue
-                seen.add(conversation_id)
-                counts["conversations"] += 1
-                source = f"chatterbot/{language}/{path.name}"
-                for index, text in enumerate(utterances):
-                    role = "user" if index % 2 == 0 else "assistant"
-                    rows.append((conversation_id, index, role, text, code, source))
-    frame = pd.DataFrame(rows, columns=COLUMNS[:6])
-    return frame.astype({"turn_index": "int32"}), counts
+def collect(config: IngestConfig, run_date: str) -> tuple[pd.DataFrame, list[dict], dict]:
+    """Read, clean, de-duplicate and split: the partition's turns, its quarantine, and what happened."""
+    conversations, rejected, partitions = [], [], []
+    for number, raw in enumerate(config.sources, start=1):
+        source = build(sources.SourceConfig, raw, f"ingest.sources[{number}]")
+        for item in sources.read(source, run_date, config.window_days, partitions):
+            (rejected if isinstance(item, sources.Rejected) else conversations).append(item)
+    if not conversations:
+        raise IngestError(f"no conversation could be read from {[p.uri for p in partitions]} "
+                          f"({len(rejected)} rejected, e.g. {[r.origin + ': ' + r.reason for r in rejected[:3]]})")
+    turns, more_rejected, counts = clean(conversations, config)
+    rejected += more_rejected
+    counts.update(read=len(conversations) + len(rejected) - len(more_rejected), rejected=len(rejected))
+    counts.update(Counter(f"rejected.{_rule(r.reason)}" for r in rejected))
+    for r in rejected[:20]:
+        log.warning("quarantined %s: %s", r.origin, r.reason)
+    quarantine = _quarantine_rows(rejected)
+    summary = {
+        "window": sources.window(run_date, config.window_days),
+        "inputs": [{"uri": p.uri, "partition_date": p.partition_date, "files": p.files} for p in partitions],
+        "input_digest": storage.text_digest(json.dumps([p.files for p in partitions], sort_keys=True)),
+        "counts": dict(sorted(counts.items())),
+    }
+    return turns, quarantine, summary
+
+
+def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tuple[pd.DataFrame, list, Counter]:
+    counts = Counter(turns_read=sum(len(c.messages) for c in conversations))
+    record = np.repeat(np.arange(len(conversations)), [len(c.messages) for c in conversations])
+    texts = cleaning.normalize(pa.array([t for c in conversations for _, t in c.messages], pa.large_string()),
+                               config.unicode_form)
+    if config.mask_pii:
+        texts, found, touched = cleaning.mask_pii(texts)
+        counts.update({f"pii.{kind}": n for kind, n in found.items()})
+        counts["pii.turns"] = int(touched.sum())
+    # A conversation with an empty or overlong turn is quarantined whole: cutting a reply teaches half sentences.
+    lengths = pc.utf8_length(texts).to_numpy()
+    bad = (lengths == 0) | (lengths > config.max_chars)
+    turn_index = np.arange(len(record)) - np.searchsorted(record, record)
+    rejected, bad_records = [], set()
+    for index in np.flatnonzero(bad):
+        if record[index] in bad_records:
+            continue
+        bad_records.add(record[index])
+        reason = ("empty after cleaning" if lengths[index] == 0
+                  else f"{lengths[index]} characters, over max_chars={config.max_chars}")
+        conversation = conversations[record[index]]
+        rejected.append(sources.Rejected(conversation.origin, f"turn {turn_index[index] + 1}: {reason}",
+                                         json.dumps(conversation.messages, ensure_ascii=False)[:300]))
+    keep_turn = ~np.isin(record, list(bad_records))
+    kept = [c for i, c in enumerate(conversations) if i not in bad_records]
+    texts, record = texts.filter(pa.array(keep_turn)), record[keep_turn]
+    record = np.repeat(np.arange(len(kept)), [len(c.messages) for c in kept])
+    turn_index, text_list = turn_index[keep_turn], texts.to_pylist()
+
+    detected = cleaning.detect_language(texts, record, len(kept))
+    languages = [c.language or detected[i] for i, c in enumerate(kept)]
+    ends = np.cumsum([len(c.messages) for c in kept])
+    starts = ends - np.array([len(c.messages) for c in kept])
+    ids = cleaning.conversation_digests(languages, text_list, starts, ends)
+    near = (cleaning.conversation_digests(languages, cleaning.near_duplicate_text(texts).to_pylist(), starts, ends)
+            if config.near_dedup else ids)
+    # Which copy survives must not depend on file order: the newest partition's, then the smallest id.
+    table = pd.DataFrame({"record": np.arange(len(kept)), "conversation_id": ids, "near": near,
+                          "partition_date": [c.partition_date for c in kept]})
+    table = table.sort_values(["partition_date", "conversation_id"], ascending=[False, True], kind="stable")
+    exact_dup = table["conversation_id"].duplicated()
+    near_dup = table["near"].duplicated() & ~exact_dup
+    counts.update({"duplicates.exact": int(exact_dup.sum()), "duplicates.near": int(near_dup.sum())})
+    survivors = np.sort(table.loc[~(exact_dup | near_dup), "record"].to_numpy())
+    counts["conversations"] = len(survivors)
+
+    keep = np.isin(record, survivors)
+    turns = pd.DataFrame({
+        "conversation_id": np.asarray(ids, dtype=object)[record[keep]],
+        "turn_index": turn_index[keep].astype("int32"),
+        "role": [role for i in survivors for role, _ in kept[i].messages],
+        "text": np.asarray(text_list, dtype=object)[keep],
+        "language": np.asarray(languages, dtype=object)[record[keep]],
+        "source": np.asarray([c.source for c in kept], dtype=object)[record[keep]],
+        "partition_date": np.asarray([c.partition_date for c in kept], dtype=object)[record[keep]],
+    })
+    turns = assign_splits(turns, config)
+    counts["turns"] = len(turns)
+    return turns, rejected, counts
 
 
 def assign_splits(turns: pd.DataFrame, config: IngestConfig) -> pd.DataFrame:
     """train/validation/test by a hash of the conversation id: deterministic and stable as data grows."""
-    bucket = turns["conversation_id"].map(lambda cid: int(hashlib.sha256(cid.encode()).hexdigest()[:8], 16) / 2**32)
+    unique = pd.unique(turns["conversation_id"])
+    bucket = pd.Series(cleaning.split_buckets(list(unique)), index=unique)
     test_cut = 1 - config.test_fraction
     val_cut = test_cut - config.validation_fraction
-    turns["split"] = "train"
-    turns.loc[bucket >= val_cut, "split"] = "validation"
-    turns.loc[bucket >= test_cut, "split"] = "test"
-    return turns.sort_values(["split", "conversation_id", "turn_index"], ignore_index=True)
+    split = pd.Series("train", index=unique)
+    split[bucket >= val_cut] = "validation"
+    split[bucket >= test_cut] = "test"
+    turns["split"] = turns["conversation_id"].map(split)
+    return turns.sort_values(["split", "conversation_id", "turn_index"], ignore_index=True)[COLUMNS]
 
 
-def write_partition(turns: pd.DataFrame, project: ProjectConfig, ctx: RunContext, counts: Counter) -> Path:
+def write_partition(turns: pd.DataFrame, quarantine: list[dict], summary: dict, project: ProjectConfig,
+                    ctx: RunContext) -> Path:
     final = storage.partition_dir(project, DATASET, ctx.run_date)
     with storage.atomic_dir(final) as scratch:
-        turns[COLUMNS].to_parquet(scratch / "turns.parquet", index=False)
+        turns.to_parquet(scratch / "turns.parquet", index=False)
+        with open(scratch / QUARANTINE, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in quarantine)
         manifest = {
             "dataset": DATASET,
             "partition_date": ctx.run_date,
-            "files": ["turns.parquet"],
+            "files": ["turns.parquet", QUARANTINE],
             "digest": storage.file_digest([scratch / "turns.parquet"]),
             "rows": len(turns),
             "rows_per_split": turns["split"].value_counts().sort_index().to_dict(),
             "conversations_per_split": turns.groupby("split")["conversation_id"].nunique().to_dict(),
-            "counts": dict(sorted(counts.items())),
+            "conversations_per_language": turns.groupby("language")["conversation_id"].nunique().to_dict(),
+            "quarantined": len(quarantine),
+            **summary,
         }
         storage.write_json(scratch / storage.MANIFEST, manifest)  # last: marks the partition complete
     return final
 
 
-def log_summary(turns: pd.DataFrame, counts: Counter, output: Path) -> None:
+def log_summary(output: Path) -> None:
     manifest = storage.read_manifest(output)
-    mlflow.log_metrics({f"ingest.{k}": v for k, v in counts.items()})
+    mlflow.log_metrics({f"ingest.{k}": v for k, v in manifest["counts"].items()})
     mlflow.log_metrics({f"ingest.rows_{k}": v for k, v in manifest["rows_per_split"].items()})
-    mlflow.log_params({"data.partition": str(output), "data.digest": manifest["digest"]})
-    mlflow.log_input(
-        mlflow.data.from_pandas(turns, source=str(output / "turns.parquet"), name=f"{DATASET}@{output.name}"),
-        context="ingest",
-    )
+    mlflow.log_params({"data.partition": str(output), "data.digest": manifest["digest"],
+                       "data.input_digest": manifest["input_digest"]})
+    mlflow.log_artifact(str(output / storage.MANIFEST), "data")
+    if manifest["quarantined"]:
+        mlflow.log_artifact(str(output / QUARANTINE), "data")
+    tracking.log_dataset(output, manifest, context="ingest")
     tracking.log_to_parent(tags={"data.digest": manifest["digest"], "data.partition": str(output)})
-    log.info("ingested %s turns into %s (%s)", len(turns), output, dict(counts))
+    log.info("ingested %s turns into %s; %s", manifest["rows"], output, manifest["counts"])
 
 
-def _conversations(path: Path, counts: Counter):
-    """Yield each conversation of a corpus file as a list of strings."""
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot parse corpus file: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("conversations"), list):
-        raise ValueError(f"{path}: expected a mapping with a 'conversations' list")
-    for number, conversation in enumerate(document["conversations"], start=1):
-        # Some corpus entries are a single string (an indentation error in the YAML) or one utterance only.
-        if not isinstance(conversation, list):
-            counts["skipped_not_a_list"] += 1
-            log.debug("%s: conversation %d is not a list; skipped", path, number)
-            continue
-        utterances = [" ".join(str(u).split()) for u in conversation if u is not None]
-        utterances = [u for u in utterances if u]
-        if len(utterances) < 2:
-            counts["skipped_too_short"] += 1
-            continue
-        yield utterances
+def _quarantine_rows(rejected: list[sources.Rejected]) -> list[dict]:
+    """Rejected records as rows; PII in their raw text is masked too (the quarantine is read by people)."""
+    if not rejected:
+        return []
+    raw, _, _ = cleaning.mask_pii(pa.array([r.raw for r in rejected], pa.large_string()))
+    rows = [{"origin": r.origin, "reason": r.reason, "raw": text} for r, text in zip(rejected, raw.to_pylist(), strict=True)]
+    return sorted(rows, key=lambda row: _natural(row["origin"]))
 
 
-def _conversation_id(language: str, utterances: list[str]) -> str:
-    return hashlib.sha256("\x1f".join([language, *utterances]).encode("utf-8")).hexdigest()[:16]
+def _rule(reason: str) -> str:
+    """The rule a rejection broke, for counting: 'message 3: unknown role ...' -> 'unknown_role'."""
+    reason = re.sub(r"^(message|turn) \d+: ", "", reason)
+    reason = re.sub(r"^\d+ characters, over.*", "too_long", reason)
+    return re.sub(r"[^a-z0-9]+", "_", re.split(r"[:(']", reason)[0].strip().lower()).strip("_")
+
+
+def _natural(origin: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", origin)]

@@ -29,21 +29,22 @@ def upload_dir(local: Path, uri: str, last: str | None = None) -> None:
     files = sorted((p for p in Path(local).rglob("*") if p.is_file()), key=lambda p: (p.name == last, str(p)))
     s3 = client()
     for path in files:
-        s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+        relative = path.relative_to(local).as_posix()
+        s3.upload_file(str(path), bucket, f"{prefix}/{relative}" if prefix else relative)
 
 
 def download_dir(uri: str, local: Path) -> None:
     bucket, prefix = split(uri)
     s3 = client()
     for key in keys(uri):
-        target = Path(local) / key[len(prefix) + 1:]
+        target = Path(local) / (key[len(prefix) + 1:] if prefix else key)
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, key, str(target))
 
 
 def keys(uri: str) -> list[str]:
     bucket, prefix = split(uri)
-    pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
+    pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
@@ -53,3 +54,23 @@ def delete_prefix(uri: str) -> None:
     s3 = client()
     for start in range(0, len(found), 1000):
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in found[start:start + 1000]]})
+
+
+def exists(uri: str) -> bool:
+    """True if `uri` names one object (not a prefix)."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split(uri)
+    try:
+        client().head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def download(uri: str, target: Path) -> None:
+    bucket, key = split(uri)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    client().download_file(bucket, key, str(target))

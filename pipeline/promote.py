@@ -59,6 +59,8 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
     with tracking.stage_run(project, ctx, "promote"):
         mlflow.log_params(as_params(config, "promote"))
         result = json.loads((Path(evaluation) / "evaluation.json").read_text())
+        # The run that logs the model version lists the data it was trained on (the Datasets column of the UI).
+        tracking.log_dataset(Path(result["dataset"]), storage.read_manifest(result["dataset"]), context="training")
         client = MlflowClient()
         champion = registry.champion(client, project.registered_model)
         candidate = register(client, project, ctx, result)
@@ -91,6 +93,7 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     scores = result["scores"]["candidate"]
     train_config = (Path(result["model"]) / "train_config.json").read_text()
     tags = {**tracking.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
+            "data.input_digest": result.get("data_input_digest", ""),
             "config.train": json.dumps(json.loads(train_config), sort_keys=True),
             "mlflow.parent_run_id": tracking.active_parent_id(),
             **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k}}

@@ -97,6 +97,23 @@ def log_artifact_to_parent(path: Path) -> None:
         MlflowClient().log_artifact(parent_id, str(path))
 
 
+def log_dataset(partition: Path, manifest: dict, context: str) -> None:
+    """Record the dataset partition as an MLflow input of the active run (the Datasets column of the UI), under the
+    digest of its bytes: the same digest on the ingest, train and evaluate runs and on the model version."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    name = f"{manifest['dataset']}@{manifest['partition_date']}"
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both candidates are the local one
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(partition).resolve()))
+    dataset = MetaDataset(source, name=name,
+                          digest=manifest["digest"][:16])
+    mlflow.log_input(dataset, context=context, tags={"input_digest": manifest.get("input_digest", "")[:16]})
+
+
 def record_failure(project: ProjectConfig, ctx: RunContext, task_id: str, error: str) -> None:
     """Mark the DAG run's MLflow run FAILED, naming the Airflow task. Called from the DAG's failure callback, which
     also covers what a stage cannot record itself: timeouts, kills, bad configs."""

@@ -121,6 +121,7 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
                                "train.resolved_precision": "bf16" if trainer.args.bf16 else "fp32",
                                "train.resumed_from": resume.name if resume else "none"})
             mlflow.log_metrics({**train_stats, **val_stats, **tuning.parameter_counts(model)})
+            tracking.log_dataset(Path(dataset), manifest, context="training")
         if resume:
             log.info("resuming from %s", resume)
         stopper.install()

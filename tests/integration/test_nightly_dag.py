@@ -98,4 +98,4 @@ def test_failed_validation_stops_the_run_before_training(airflow_db, make_config
     assert parent.info.status == "FAILED"
     assert parent.data.tags["failure.stage"] == "validate" and parent.data.tags["failure.task"] == "validate"
     assert "DataValidationError" in parent.data.tags["failure.error"]
-    assert "expect_table_row_count_to_be_between" in parent.data.tags["failure.error"]
+    assert "min_conversations [splits]" in parent.data.tags["failure.error"]  # the broken rule, by name

@@ -70,11 +70,15 @@ def test_backfill_never_moves_champion_unless_allowed():
 def _promote(tmp_path, model_dir, run_id, bleu, run_type="scheduled"):
     project = ProjectConfig(runs_root=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                             artifact_root=str(tmp_path / "artifacts"), registered_model="chat")
-    evaluation = tmp_path / run_id
+    evaluation, dataset = tmp_path / run_id, tmp_path / "dataset"
     evaluation.mkdir(exist_ok=True)
+    dataset.mkdir(exist_ok=True)
+    (dataset / "manifest.json").write_text(json.dumps(
+        {"dataset": "conversations", "partition_date": "2026-11-22", "digest": "abc" * 8, "input_digest": "def" * 8}))
     (evaluation / "evaluation.json").write_text(json.dumps({
         "scores": {"candidate": {"bleu": bleu, "bleu_en": bleu}, "base": {"bleu": 4.0, "bleu_en": 4.0}},
-        "model": str(model_dir), "data_digest": "abc", "examples": 1}))
+        "model": str(model_dir), "data_digest": "abc" * 8, "data_input_digest": "def" * 8, "examples": 1,
+        "dataset": str(dataset)}))
     pd.DataFrame({"prompt": ["hi"], "reference": ["hello"], "candidate": ["hey"]}).to_parquet(
         evaluation / "samples.parquet")
     ctx = RunContext("2026-11-22", run_id, "dag", run_type)
@@ -97,11 +101,14 @@ def test_registry_lifecycle_worse_model_backfill_retry_rollback(tmp_path, model_
     assert len(client.search_model_versions("name = 'chat'")) == 3
     assert client.get_model_version_by_alias("chat", "champion").version == 1
     rejected = client.get_model_version(name="chat", version="2")
+    assert (rejected.tags["data.digest"], rejected.tags["data.input_digest"]) == ("abc" * 8, "def" * 8)  # lineage
+    inputs = client.get_run(rejected.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("conversations@2026-11-22", ("abc" * 8)[:16])]
     assert rejected.tags["promotion.decision"] == "rejected"
     assert rejected.tags["promotion.reason"] == "bleu 6.000 does not beat champion v1 (recorded scores) 8.000"
     backfill = client.get_model_version_by_alias("chat", "challenger")
     assert backfill.version == 3 and "blocked: backfill run" in backfill.tags["promotion.reason"]
-    assert backfill.tags["data.digest"] == "abc" and backfill.tags["airflow.run_type"] == "backfill"
+    assert backfill.tags["data.digest"] == "abc" * 8 and backfill.tags["airflow.run_type"] == "backfill"
     assert json.loads(backfill.tags["config.train"]) == {"train.system_prompt": None}
 
     report = (output / "evaluation_report.html").read_text()

@@ -1,59 +1,112 @@
-"""The GX contract: a clean table passes; each broken rule fails with the expectation and examples named."""
+"""The GX contract: a clean partition passes; each broken rule is caught by name with what it protects; critical
+rules stop the run, soft ones warn; Data Docs and the result land in the run's outputs and in MLflow."""
 
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
-from pipeline import ingest, validate
+from pipeline import ingest, storage, validate
+from pipeline.config import ProjectConfig, RunContext
 
 CORPUS = Path(__file__).parents[1] / "data" / "corpus"
-LENIENT = validate.ValidateConfig(min_conversations={"train": 1})
+# The test corpus is tiny and deliberately dirty: 2 of its 10 entries are rejected, 1 is a duplicate.
+LENIENT = validate.ValidateConfig(min_conversations={"train": 1}, max_duplicate_ratio=0.5, max_quarantine_ratio=0.25)
 
 
 @pytest.fixture(scope="module")
-def turns():
-    config = ingest.IngestConfig(corpus_dir=str(CORPUS))
-    frame, _ = ingest.read_corpus(config)
-    frame = ingest.assign_splits(frame, config)
-    frame["partition_date"] = "2026-11-22"
-    return frame
+def partition(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("validate")
+    project = ProjectConfig(data_root=str(tmp / "data"), runs_root=str(tmp / "runs"),
+                            tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "art"))
+    config = ingest.IngestConfig(sources=[{"format": "chatterbot", "uri": str(CORPUS)}], validation_fraction=0.3,
+                                 test_fraction=0.3)
+    return project, ingest.run(config, project, RunContext("2026-11-22", "ingest"))
 
 
-def failures(frame, config=LENIENT):
-    report = validate.summarize(validate.check_turns(frame, config) + validate.check_conversations(frame, config))
-    return {r["type"] for r in report["results"] if not r["success"]}, report
+@pytest.fixture
+def turns(partition):
+    return pd.read_parquet(partition[1] / "turns.parquet")
 
 
-def test_clean_table_passes(turns):
-    assert failures(turns)[0] == set()
+@pytest.fixture
+def manifest(partition):
+    return storage.read_manifest(partition[1])
 
 
-@pytest.mark.parametrize("breakage, expectation", [
-    (lambda f: f.assign(role=f["role"].replace({"assistant": "bot"})), "expect_column_values_to_be_in_set"),
-    (lambda f: f.assign(text=f["text"].where(f.index != 0, None)), "expect_column_values_to_not_be_null"),
-    (lambda f: f.assign(text=f["text"].where(f.index != 0, "")), "expect_column_value_lengths_to_be_between"),
-    (lambda f: pd.concat([f, f.iloc[:1]]), "expect_compound_columns_to_be_unique"),
-    (lambda f: f.assign(turn_index=f["turn_index"] + 1), "expect_column_pair_values_to_be_in_set"),
-    (lambda f: f.drop(columns=["language"]), "expect_table_columns_to_match_set"),
+def broken(frame, manifest, config=LENIENT):
+    report = validate.summarize(validate.check(frame, manifest, config))
+    return set(report["critical"]), set(report["warnings"]), report
+
+
+def test_clean_partition_passes(turns, manifest):
+    assert broken(turns, manifest)[:2] == (set(), set())
+
+
+@pytest.mark.parametrize("breakage, rule", [
+    (lambda f: f.assign(role=f["role"].replace({"assistant": "bot"})), "roles"),
+    (lambda f: f.assign(text=f["text"].where(f.index != 0, None)), "not_null.text"),
+    (lambda f: f.assign(text=f["text"].where(f.index != 0, "")), "text_length"),
+    (lambda f: pd.concat([f, f.iloc[:1]]), "unique_turn"),
+    (lambda f: f.assign(turn_index=f["turn_index"] + 1), "alternation"),
+    (lambda f: f.drop(columns=["language"]), "schema"),
+    (lambda f: f.assign(language="fr"), "languages"),
+    (lambda f: f.assign(turn_index=f["turn_index"].astype(str)), "turn_index_type"),
+    (lambda f: f[f["split"] != "test"], "all_splits_present"),
+    (lambda f: f[f["role"] == "user"], "has_reply"),
 ])
-def test_each_broken_rule_is_caught(turns, breakage, expectation):
-    failed, report = failures(breakage(turns.copy()))
-    assert expectation in failed
-    assert expectation in report["message"]
+def test_each_broken_rule_is_caught_by_name(turns, manifest, breakage, rule):
+    critical, _, report = broken(breakage(turns.copy()), manifest)
+    assert rule in critical
+    assert f"- {rule} [" in report["critical_message"] and "protects: " in report["critical_message"]
 
 
-def test_conversation_in_two_splits_is_leakage(turns):
+def test_conversation_in_two_splits_is_leakage(turns, manifest):
     leaked = turns.copy()
-    first = leaked["conversation_id"].iloc[0]
-    rows = leaked.index[leaked["conversation_id"] == first]
-    leaked.loc[rows[0], "split"] = "train"
-    leaked.loc[rows[1], "split"] = "test"
-    failed, report = failures(leaked)
-    assert "expect_column_values_to_be_between" in failed and "[conversations]" in report["message"]
+    rows = leaked.index[leaked["conversation_id"] == leaked["conversation_id"].iloc[0]]
+    leaked.loc[rows[0], "split"], leaked.loc[rows[1], "split"] = "train", "test"
+    assert "one_split_per_conversation" in broken(leaked, manifest)[0]
 
 
-def test_too_few_conversations_in_a_split(turns):
-    failed, report = failures(turns, validate.ValidateConfig(min_conversations={"train": 1000}))
-    assert failed == {"expect_table_row_count_to_be_between"}
-    assert "[split_train]" in report["message"]
+def test_too_few_conversations_in_a_split(turns, manifest):
+    critical, _, report = broken(turns, manifest, validate.ValidateConfig(
+        min_conversations={"train": 1000}, max_duplicate_ratio=0.5, max_quarantine_ratio=0.25))
+    assert critical == {"min_conversations"} and "min_conversations [splits]" in report["critical_message"]
+
+
+def test_ratio_rules_soft_by_default_and_configurable(turns, manifest):
+    noisy = {**manifest, "counts": {**manifest["counts"], "read": 100, "rejected": 30, "duplicates.exact": 60,
+                                    "pii.turns": 5, "turns_read": 100}}
+    critical, warnings, _ = broken(turns, noisy)
+    assert critical == {"quarantine_ratio"} and warnings == {"duplicate_ratio", "pii_ratio"}
+    strict = validate.ValidateConfig(min_conversations={"train": 1}, severity={"pii_ratio": "critical",
+                                                                               "quarantine_ratio": "warning"})
+    critical, warnings, _ = broken(turns, noisy, strict)
+    assert critical == {"pii_ratio"} and warnings == {"duplicate_ratio", "quarantine_ratio"}
+
+
+def test_stage_writes_result_and_data_docs_and_fails_on_critical(partition, tmp_path):
+    project, dataset = partition
+    ctx = RunContext("2026-11-22", "validate-ok")
+    assert validate.run(LENIENT, project, ctx, str(dataset)) == str(dataset)
+    output = storage.run_dir(project, ctx, "validate")
+    assert (output / "data_docs" / "index.html").is_file()
+    assert list((output / "data_docs" / "validations").rglob("*.html"))
+    assert not list((output / "data_docs" / "static" / "images").glob("*.gif"))  # 3.4 MB of GX tutorial GIFs
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`pipeline.stage` = 'validate'",
+                             output_format="list")[0]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"validation.json", "data_docs"} <= artifacts
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["conversations@2026-11-22"]
+
+    with pytest.raises(validate.DataValidationError, match=r"1 critical rule\(s\) broken:\n- min_conversations"):
+        validate.run(validate.ValidateConfig(min_conversations={"train": 1000}, max_duplicate_ratio=0.5,
+                                             max_quarantine_ratio=0.25), project,
+                     RunContext("2026-11-22", "validate-bad"), str(dataset))
+
+
+def test_data_docs_under_a_relative_runs_root(turns, manifest, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs/embedded.yaml uses runs_root: runs
+    validate.check(turns, manifest, LENIENT, docs_dir=Path("runs") / "data_docs")
+    assert (tmp_path / "runs" / "data_docs" / "index.html").is_file()
