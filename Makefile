@@ -6,6 +6,7 @@ PIP := $(PY) -m pip
 CONFIG ?= configs/embedded.yaml
 DATE ?= $(shell date -u +%F)
 PORT ?= 5000
+CHECKOV_VERSION ?= 3.3.30
 
 # Everything stays inside the project and offline (see ../shared/ENVIRONMENT.md).
 export AIRFLOW_HOME := $(CURDIR)/.airflow
@@ -19,7 +20,8 @@ export HF_DATASETS_OFFLINE := 1
 export CHECKPOINT_DISABLE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run airflow-db ui test test-slow lint clean lock bench rollback models
+.PHONY: setup run airflow-db ui test test-slow test-containers lint lint-infra clean lock bench rollback models \
+	backfill images
 
 setup: $(VENV)/.installed
 
@@ -42,6 +44,17 @@ run: airflow-db
 	$(VENV)/bin/airflow dags test nightly_chat_retrain $(DATE) -c '{"config": "$(CONFIG)"}'
 	$(PY) -m pipeline.report --config $(CONFIG)
 
+## A real Airflow 3 backfill over START..END (inclusive): make backfill START=2026-11-01 END=2026-11-07
+backfill: airflow-db
+	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD"; exit 2; }
+	$(PY) -m pipeline.backfill --start $(START) --end $(END) --config $(CONFIG)
+
+## Container images with podman, from a locally bootstrapped Debian base (no registry needed).
+images: setup
+	bash containers/base/bootstrap.sh
+	mkdir -p containers/wheels && cp -n /opt/wheels/torch-2.13.0+cpu-*.whl containers/wheels/ 2>/dev/null || true
+	podman build --network host -f containers/cpu/Dockerfile -t localhost/chat-retrain-cpu:latest .
+
 ## MLflow UI over the same store, on 127.0.0.1 only.
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.mlflow/mlflow.db --host 127.0.0.1 --port $(PORT)
@@ -61,19 +74,34 @@ rollback: setup
 	$(PY) -m pipeline.registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
 
 ## Default tier: unit + dags + integration (tiny model, whole DAG). Heavier tiers have their own targets.
-test: setup lint
-	$(PY) -m pytest -m "not slow and not gpu" tests
+test: setup lint lint-infra
+	$(PY) -m pytest -m "not slow and not gpu and not containers" tests
 
 test-slow: setup
 	$(PY) -m pytest -m slow tests
 
+## A real stage of the DAG in a container, through DockerOperator and podman's Docker API (needs `make images`).
+test-containers: setup
+	$(PY) -m pytest -m containers tests
+
 lint: setup
 	$(VENV)/bin/ruff check pipeline dags tests benchmarks
+
+## Terraform through checkov, from its own venv (its pins clash with the project's); no failed checks allowed.
+CHECKOV_VENV ?= .venv-checkov
+lint-infra: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov -d infra/terraform --framework terraform --compact --quiet --skip-download
+
+$(CHECKOV_VENV)/.installed:
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
 
 clean:
 	rm -rf .airflow .mlflow data runs
 
 ## Re-pin requirements.lock from the current venv (after changing dependencies in pyproject.toml).
 lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v '^nightly-chat-retrain' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' > requirements.lock.new
+	grep '^#' requirements.lock > requirements.lock.new
+	$(PY) -m pip freeze --exclude-editable | grep -v '^nightly-chat-retrain' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' >> requirements.lock.new
 	mv requirements.lock.new requirements.lock

@@ -2,39 +2,28 @@
 
 Wiring only. Each task runs one stage as `python -m pipeline <stage> ...` (the same command is the container
 entrypoint), scoped by the logical date and run id; each stage prints its output URI, which Airflow passes to the
-next task through XCom. No heavy imports here: the scheduler parses this file often.
+next task through XCom. Where tasks run (local processes, Docker containers, Kubernetes pods) is the runtime
+switch in chat_retrain/runtimes.py; the stage arguments are the same in all three. No heavy imports here: the
+scheduler parses this file often.
 
     airflow dags test nightly_chat_retrain 2026-11-22 -c '{"config": "configs/embedded.yaml"}'
+    CHAT_RETRAIN_RUNTIME=kubernetes airflow dags reserialize     # the same DAG as pods
 """
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import DAG, Param
+from chat_retrain import runtimes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # stage commands run here, so relative config paths work
 PYTHON = sys.executable  # the interpreter of the environment Airflow runs in, which has `pipeline` installed
-
-
-def stage_command(stage: str, *extra: str, **inputs: str) -> str:
-    """The shell command of one stage; templated fields are rendered by Airflow at run time."""
-    parts = [
-        shlex.quote(PYTHON), "-m", "pipeline", stage,
-        "--config", "'{{ params.config }}'",
-        "--run-date", "{{ ds }}",
-        "--run-id", "'{{ run_id }}'",
-        "--dag-id", "{{ dag.dag_id }}",
-        "--run-type", "{{ dag_run.run_type }}",
-    ]
-    for name, uri in inputs.items():
-        parts += [f"--{name}", shlex.quote(str(uri))]
-    return " ".join([*parts, *extra])
+RUNTIME = runtimes.load()
 
 
 def record_failure(context) -> None:
@@ -61,7 +50,7 @@ DEFAULT_ARGS = {
 TRAINING_POOL = "training"  # one slot: nightly and backfill runs never train at the same time (`make airflow-db`)
 
 
-@dag(
+with DAG(
     dag_id="nightly_chat_retrain",
     description="Fine-tune the chat model on the newest dialogues; promote it only if it beats the champion.",
     schedule="0 2 * * *",  # nightly, after the day's data has landed
@@ -75,34 +64,19 @@ TRAINING_POOL = "training"  # one slot: nightly and backfill runs never train at
             False, type="boolean", description="Let a backfill run move the champion alias (off: only challenger)."
         ),
     },
-    tags=["training", "chat"],
-)
-def nightly_chat_retrain():
-    @task.bash(cwd=str(PROJECT_ROOT))
-    def ingest() -> str:
-        return stage_command("ingest")
-
-    @task.bash(cwd=str(PROJECT_ROOT), retries=0)  # a broken data contract is not transient: fail at once
-    def validate(dataset: str) -> str:
-        return stage_command("validate", dataset=dataset)
-
-    @task.bash(cwd=str(PROJECT_ROOT), pool=TRAINING_POOL, execution_timeout=timedelta(hours=8))
-    def train(dataset: str) -> str:
-        return stage_command("train", dataset=dataset)
-
-    @task.bash(cwd=str(PROJECT_ROOT), execution_timeout=timedelta(hours=3))
-    def evaluate(dataset: str, model: str) -> str:
-        return stage_command("evaluate", dataset=dataset, model=model)
-
-    @task.bash(cwd=str(PROJECT_ROOT))
-    def promote(evaluation: str) -> str:
-        return stage_command(
-            "promote", "--set", "promote.allow_backfill_promotion={{ params.allow_backfill_promotion | lower }}",
-            evaluation=evaluation,
-        )
-
-    dataset = validate(ingest())  # validate re-emits the dataset URI only if it passed: train waits on the contract
-    promote(evaluate(dataset, train(dataset)))
-
-
-nightly_chat_retrain()
+    tags=["training", "chat", RUNTIME.runtime],
+) as dag:
+    stage, args, xcom = runtimes.operator, runtimes.stage_args, runtimes.xcom
+    ingest = stage("ingest", args("ingest"), RUNTIME)
+    # A broken data contract is not transient: fail at once. validate re-emits the dataset URI only if it passed.
+    validate = stage("validate", args("validate", dataset=xcom("ingest")), RUNTIME, retries=0)
+    train = stage("train", args("train", dataset=xcom("validate")), RUNTIME, training=True, pool=TRAINING_POOL,
+                  execution_timeout=timedelta(hours=8))
+    evaluate = stage("evaluate", args("evaluate", dataset=xcom("validate"),
+                                      model=xcom("train", first=RUNTIME.train_nodes > 1)),
+                     RUNTIME, execution_timeout=timedelta(hours=3))
+    promote = stage("promote", args("promote", "--set",
+                                    "promote.allow_backfill_promotion={{ params.allow_backfill_promotion | lower }}",
+                                    evaluation=xcom("evaluate")), RUNTIME)
+    ingest >> validate >> train >> evaluate >> promote
+    validate >> evaluate

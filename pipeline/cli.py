@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pipeline.config import ConfigError, RunContext, load_project, load_section, run_type_name
 
@@ -73,7 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.stage} failed: {exc}", file=sys.stderr)
         return 1
     print(output, flush=True)
+    _write_xcom(output)
     return 0
+
+
+def _write_xcom(output) -> None:
+    """On Kubernetes the task's XCom is a file the sidecar reads, not stdout (PIPELINE_XCOM_FILE, set by the DAG).
+    One writer per node: the first local process."""
+    path = os.environ.get("PIPELINE_XCOM_FILE")
+    if path and os.environ.get("LOCAL_RANK", "0") == "0":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(str(output)))
 
 
 def _date(value: str) -> str:

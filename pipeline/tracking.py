@@ -22,14 +22,15 @@ def connect(project: ProjectConfig) -> str:
     """Point MLflow at the project's store and return the experiment id (created on first use)."""
     mlflow.set_tracking_uri(project.tracking_uri)
     _ensure_sqlite_dir(project.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(project.experiment)
-    if experiment is None:
-        location = project.artifact_root
-        if "://" not in location:
-            location = Path(location).resolve().as_uri()
-        mlflow.create_experiment(project.experiment, artifact_location=location)
-    # Make it the active experiment too: nested runs and logged models otherwise land in "Default" (./mlruns).
-    return mlflow.set_experiment(project.experiment).experiment_id
+    with _sqlite_lock(project.tracking_uri):
+        experiment = mlflow.get_experiment_by_name(project.experiment)
+        if experiment is None:
+            location = project.artifact_root
+            if "://" not in location:
+                location = Path(location).resolve().as_uri()
+            mlflow.create_experiment(project.experiment, artifact_location=location)
+        # Make it the active experiment too: nested runs and logged models otherwise land in "Default" (./mlruns).
+        return mlflow.set_experiment(project.experiment).experiment_id
 
 
 def run_tags(ctx: RunContext) -> dict[str, str]:
@@ -128,6 +129,23 @@ def active_parent_id() -> str | None:
     """The DAG-run (parent) run of the active stage run, if any."""
     active = mlflow.active_run()
     return active.data.tags.get("mlflow.parentRunId") if active else None
+
+
+@contextlib.contextmanager
+def _sqlite_lock(uri: str) -> Iterator[None]:
+    """Two stages of concurrent DAG runs (a backfill) opening a new SQLite store at once race on its schema
+    migration ("duplicate column name"); a file lock makes the first one create it. Server stores need none."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _ensure_sqlite_dir(uri: str) -> None:

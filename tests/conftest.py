@@ -38,10 +38,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/).
+    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/, containers/).
     for item in items:
         tier = Path(item.fspath).parent.name
-        if tier in ("unit", "dags", "integration", "slow"):
+        if tier in ("unit", "dags", "integration", "slow", "containers"):
             item.add_marker(getattr(pytest.mark, tier))
 
 

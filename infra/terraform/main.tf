@@ -1,49 +1,65 @@
-# Cloud storage for the pipeline: one bucket for date-partitioned data, one for MLflow artifacts and run outputs.
-# Encrypted, versioned (a bad night can be rolled back), never public. EKS, RDS and the MLflow server: issue 6.
+# The cloud side of the pipeline (see README "Infrastructure"): S3 for data and artifacts (s3.tf), an EKS cluster
+# with CPU and GPU node groups (eks.tf), Postgres for Airflow and MLflow metadata (rds.tf), IAM roles for service
+# accounts (iam.tf), and in-cluster pieces: namespace, service accounts, shared work volume, the MLflow tracking
+# server (kubernetes.tf). The VPC and its private subnets are inputs: networks are usually owned by another team.
 terraform {
   required_version = ">= 1.6"
   required_providers {
-    aws = { source = "hashicorp/aws", version = "~> 5.0" }
+    aws        = { source = "hashicorp/aws", version = "~> 5.0" }
+    kubernetes = { source = "hashicorp/kubernetes", version = "~> 2.30" }
+    tls        = { source = "hashicorp/tls", version = "~> 4.0" }
   }
 }
 
 provider "aws" {
   region = var.region
+  default_tags {
+    tags = var.tags
+  }
+}
+
+# In-cluster resources are created through the cluster's API with a short-lived token (no kubeconfig file).
+provider "kubernetes" {
+  host                   = aws_eks_cluster.this.endpoint
+  cluster_ca_certificate = base64decode(aws_eks_cluster.this.certificate_authority[0].data)
+  token                  = data.aws_eks_cluster_auth.this.token
+}
+
+data "aws_eks_cluster_auth" "this" {
+  name = aws_eks_cluster.this.name
+}
+
+data "aws_caller_identity" "current" {}
+
+data "aws_vpc" "this" {
+  id = var.vpc_id
 }
 
 locals {
-  buckets = { data = "${var.name}-data", artifacts = "${var.name}-artifacts" }
+  namespace = "chat-retrain"
 }
 
-resource "aws_s3_bucket" "this" {
-  for_each = local.buckets
-  bucket   = each.value
-  tags     = var.tags
-}
-
-resource "aws_s3_bucket_versioning" "this" {
-  for_each = aws_s3_bucket.this
-  bucket   = each.value.id
-  versioning_configuration {
-    status = "Enabled"
-  }
-}
-
-resource "aws_s3_bucket_server_side_encryption_configuration" "this" {
-  for_each = aws_s3_bucket.this
-  bucket   = each.value.id
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm = "aws:kms"
-    }
-  }
-}
-
-resource "aws_s3_bucket_public_access_block" "this" {
-  for_each                = aws_s3_bucket.this
-  bucket                  = each.value.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
+# One customer-managed key for everything at rest: buckets, EKS secrets, RDS, EFS, logs.
+resource "aws_kms_key" "this" {
+  description         = "${var.name}: data, artifacts, metadata and cluster secrets at rest"
+  enable_key_rotation = true
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AccountAdministers"
+        Effect    = "Allow"
+        Principal = { AWS = "arn:aws:iam::${data.aws_caller_identity.current.account_id}:root" }
+        Action    = "kms:*"
+        Resource  = "*"
+      },
+      {
+        Sid       = "CloudWatchLogsEncrypt"
+        Effect    = "Allow"
+        Principal = { Service = "logs.${var.region}.amazonaws.com" }
+        Action    = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+        Resource  = "*"
+      },
+    ]
+  })
 }

@@ -14,3 +14,49 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "vpc_id" {
+  description = "VPC the cluster, database and work volume live in."
+  type        = string
+}
+
+variable "private_subnet_ids" {
+  description = "Private subnets (at least two, in different AZs) for EKS nodes, RDS and EFS mount targets."
+  type        = list(string)
+}
+
+variable "kubernetes_version" {
+  description = "EKS Kubernetes version."
+  type        = string
+  default     = "1.31"
+}
+
+variable "cpu_instance_types" {
+  description = "Instance types of the CPU node group (Airflow, MLflow, ingest/validate/evaluate/promote pods)."
+  type        = list(string)
+  default     = ["m6i.2xlarge"]
+}
+
+variable "gpu_instance_types" {
+  description = "Instance types of the GPU node group (training pods; configs/runtimes.yaml gpus_per_node must match)."
+  type        = list(string)
+  default     = ["p4d.24xlarge"]
+}
+
+variable "gpu_max_nodes" {
+  description = "Most GPU nodes at once: the largest multi-node training job (train_nodes) the cluster can run."
+  type        = number
+  default     = 2
+}
+
+variable "db_instance_class" {
+  description = "RDS instance class for the Airflow + MLflow metadata database."
+  type        = string
+  default     = "db.t4g.medium"
+}
+
+variable "mlflow_image" {
+  description = "MLflow server image, pinned to the client version in requirements.lock."
+  type        = string
+  default     = "ghcr.io/mlflow/mlflow:v3.17.2"
+}

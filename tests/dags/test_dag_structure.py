@@ -42,18 +42,17 @@ def test_retries_timeouts_pool_and_failure_callback(dag):
     assert all(t.execution_timeout is not None and t.on_failure_callback for t in dag.tasks)
 
 
-def test_every_task_runs_its_stage_command():
-    sys.path.insert(0, str(REPO / "dags"))
-    from nightly_chat_retrain import stage_command
-
-    command = stage_command("evaluate", dataset="data/x", model="runs/y")
+def test_every_task_runs_its_stage_command(dag):
+    tasks = {t.task_id: t for t in dag.tasks}
+    command = tasks["evaluate"].bash_command
     assert command.split()[1:4] == ["-m", "pipeline", "evaluate"]
-    assert "--run-date {{ ds }}" in command and "--run-id '{{ run_id }}'" in command
-    assert command.endswith("--dataset data/x --model runs/y")
+    assert "--run-date '{{ ds }}'" in command and "--run-id '{{ run_id }}'" in command
+    assert command.endswith("""--dataset '{{ ti.xcom_pull(task_ids="validate") }}' """
+                            """--model '{{ ti.xcom_pull(task_ids="train") }}'""")
 
 
 def test_dag_file_imports_no_heavy_modules():
-    probe = ("import sys, runpy; runpy.run_path('dags/nightly_chat_retrain.py'); "
+    probe = ("import sys, runpy; sys.path.insert(0, 'dags'); runpy.run_path('dags/nightly_chat_retrain.py'); "
              "print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'great_expectations', 'pipeline') "
              "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)

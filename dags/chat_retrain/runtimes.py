@@ -1,0 +1,171 @@
+"""Where a stage runs: the same stage arguments as a local process, a Docker container or a Kubernetes pod/job.
+
+The runtime is chosen when the DAG is parsed, because it decides the operator class:
+
+    CHAT_RETRAIN_RUNTIME=local|docker|kubernetes        (default local)
+    CHAT_RETRAIN_RUNTIME_CONFIG=configs/runtimes.yaml   (images, mounts, namespace, GPUs, node selectors, secrets)
+
+Every runtime runs `python -m pipeline <stage> <args>` with identical <args> (the image's entrypoint is
+`python -m pipeline`); a stage prints its output URI as its last line, which becomes the task's XCom (Docker: last
+log line; Kubernetes: PIPELINE_XCOM_FILE, read by the XCom sidecar). Credentials never appear here: Docker gets the
+host's environment file, Kubernetes pods get Kubernetes secrets and a service account (IAM role for S3).
+Stdlib + Airflow only: the scheduler parses this often and may not have the pipeline package installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+RUNTIMES = ("local", "docker", "kubernetes")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONTAINER_ROOT = "/app"  # the images' WORKDIR; relative paths in configs resolve there
+XCOM_FILE = "/airflow/xcom/return.json"  # where KubernetesPodOperator's sidecar reads a pod's XCom
+TRAIN_SERVICE = "chat-retrain-train"  # headless service over multi-node training pods (infra/terraform)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    runtime: str = "local"
+    cpu_image: str = "localhost/chat-retrain-cpu:latest"  # ingest / validate / evaluate / promote
+    train_image: str = "localhost/chat-retrain-train:latest"  # CUDA + DeepSpeed
+    # docker: the project dir is mounted at /app, so data/, runs/ and .mlflow/ are the host's
+    docker_url: str = "unix:///var/run/docker.sock"  # or podman's: podman system service unix:///run/podman.sock
+    docker_api_version: str = "auto"
+    host_project_dir: str = str(PROJECT_ROOT)
+    env_file: str | None = None  # e.g. AWS_* and MLFLOW_TRACKING_URI for the containers, kept out of the DAG
+    # kubernetes
+    namespace: str = "chat-retrain"
+    service_account: str = "chat-retrain"  # bound to an IAM role (IRSA): S3 access without keys
+    secrets: list[str] = field(default_factory=lambda: ["chat-retrain-env"])  # mounted as environment
+    work_volume_claim: str = "chat-retrain-work"  # ReadWriteMany: data/, runs/ shared by the stage pods
+    cpu_node_selector: dict = field(default_factory=dict)
+    train_node_selector: dict = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    train_nodes: int = 1  # > 1: an indexed Kubernetes Job, one pod per node, torchrun rendezvous on pod 0
+    gpus_per_node: int = 1
+    train_cpu: str = "8"
+    train_memory: str = "64Gi"
+    rendezvous_port: int = 29500
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r}: expected one of {RUNTIMES}")
+        if self.train_nodes < 1 or self.gpus_per_node < 0:
+            raise ValueError("train_nodes must be >= 1 and gpus_per_node >= 0")
+
+
+def load(environ=os.environ) -> RuntimeConfig:
+    runtime = environ.get("CHAT_RETRAIN_RUNTIME", "local")
+    path = Path(environ.get("CHAT_RETRAIN_RUNTIME_CONFIG", PROJECT_ROOT / "configs" / "runtimes.yaml"))
+    settings = (yaml.safe_load(path.read_text()) or {}).get(runtime, {}) if path.is_file() else {}
+    unknown = set(settings) - {f.name for f in fields(RuntimeConfig)}
+    if unknown:
+        raise ValueError(f"{path}:{runtime}: unknown key(s) {sorted(unknown)}")
+    return RuntimeConfig(runtime=runtime, **settings)
+
+
+def stage_args(stage: str, *extra: str, **inputs: str) -> list[str]:
+    """The arguments after `python -m pipeline`: identical in every runtime. Jinja-templated by Airflow."""
+    args = [stage, "--config", "{{ params.config }}", "--run-date", "{{ ds }}", "--run-id", "{{ run_id }}",
+            "--dag-id", "{{ dag.dag_id }}", "--run-type", "{{ dag_run.run_type }}"]
+    for name, uri in inputs.items():
+        args += [f"--{name}", uri]
+    return [*args, *extra]
+
+
+def xcom(task_id: str, first: bool = False) -> str:
+    """The upstream task's output URI, rendered at run time; first=True for a multi-node Job's list of URIs."""
+    pull = 'ti.xcom_pull(task_ids="%s")' % task_id  # noqa: UP031 (braces would be Jinja's)
+    return "{{ %s[0] }}" % pull if first else "{{ %s }}" % pull  # noqa: UP031
+
+
+def launcher_args(config: RuntimeConfig) -> list[str]:
+    """The training launcher: plain python on one device, torchrun over gpus_per_node x train_nodes otherwise.
+    Multi-node: pods of an indexed Job; node rank = completion index, rendezvous at pod 0 via the headless service."""
+    if config.train_nodes == 1 and config.gpus_per_node <= 1:
+        return ["python"]
+    args = ["torchrun", f"--nproc_per_node={max(config.gpus_per_node, 1)}", f"--nnodes={config.train_nodes}"]
+    if config.train_nodes > 1:
+        args += ["--node_rank=$(JOB_COMPLETION_INDEX)", "--rdzv_backend=c10d",
+                 f"--rdzv_endpoint=$(TRAIN_JOB_NAME)-0.{TRAIN_SERVICE}:{config.rendezvous_port}",
+                 "--rdzv_id=$(TRAIN_JOB_NAME)"]
+    return args
+
+
+def operator(task_id: str, args: list[str], config: RuntimeConfig, training: bool = False, **task_kwargs):
+    """One stage as an Airflow operator of the configured runtime."""
+    if config.runtime == "local":
+        return _local(task_id, args, config, training, **task_kwargs)
+    if config.runtime == "docker":
+        return _docker(task_id, args, config, training, **task_kwargs)
+    return _kubernetes(task_id, args, config, training, **task_kwargs)
+
+
+def _local(task_id, args, config, training, **task_kwargs):
+    from airflow.providers.standard.operators.bash import BashOperator
+
+    launcher = [sys.executable] if launcher_args(config) == ["python"] else launcher_args(config)
+    command = shlex.join([*launcher, "-m", "pipeline", *args])
+    return BashOperator(task_id=task_id, bash_command=command, cwd=str(PROJECT_ROOT), **task_kwargs)
+
+
+def _docker(task_id, args, config, training, **task_kwargs):
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from docker.types import DeviceRequest, Mount
+
+    devices = [DeviceRequest(count=config.gpus_per_node, capabilities=[["gpu"]])] if training and \
+        config.gpus_per_node else None
+    launcher = launcher_args(config) if training else ["python"]
+    return DockerOperator(
+        task_id=task_id, image=config.train_image if training else config.cpu_image,
+        entrypoint=[*launcher, "-m", "pipeline"], command=args, docker_url=config.docker_url,
+        api_version=config.docker_api_version,
+        mounts=[Mount(target=CONTAINER_ROOT, source=config.host_project_dir, type="bind")],
+        working_dir=CONTAINER_ROOT, env_file=config.env_file, force_pull=False, mount_tmp_dir=False,
+        auto_remove="success", device_requests=devices, shm_size=2 << 30 if training else None,
+        **task_kwargs)
+
+
+def _kubernetes(task_id, args, config, training, **task_kwargs):
+    from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    resources = None
+    if training:
+        limits = {"cpu": config.train_cpu, "memory": config.train_memory}
+        if config.gpus_per_node:
+            limits["nvidia.com/gpu"] = str(config.gpus_per_node)
+        resources = k8s.V1ResourceRequirements(requests=limits, limits=limits)
+    common = dict(
+        task_id=task_id, namespace=config.namespace, image=config.train_image if training else config.cpu_image,
+        cmds=[*(launcher_args(config) if training else ["python"]), "-m", "pipeline"], arguments=args,
+        service_account_name=config.service_account,
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in config.secrets],
+        env_vars=[k8s.V1EnvVar(name="PIPELINE_XCOM_FILE", value=XCOM_FILE)],
+        volumes=[k8s.V1Volume(name="work", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=config.work_volume_claim))],
+        # data/ and runs/ on one shared volume, at the paths the configs use relative to /app
+        volume_mounts=[k8s.V1VolumeMount(name="work", mount_path=f"{CONTAINER_ROOT}/{d}", sub_path=d)
+                       for d in ("data", "runs")],
+        node_selector=config.train_node_selector if training else config.cpu_node_selector,
+        container_resources=resources, get_logs=True, on_finish_action="delete_succeeded_pod",
+        **task_kwargs)
+    if training and config.train_nodes > 1:
+        # Pod i of an indexed Job is <job>-<i>.<TRAIN_SERVICE> (headless service from Terraform): pod 0 hosts the
+        # rendezvous. Every node reports the same run-scoped model URI; the XCom is their list.
+        name = "train-{{ ts_nodash | lower }}"
+        common["env_vars"] += [k8s.V1EnvVar(name="TRAIN_JOB_NAME", value=name)]
+        return KubernetesJobOperator(
+            name=name, random_name_suffix=False, completion_mode="Indexed", completions=config.train_nodes,
+            parallelism=config.train_nodes, backoff_limit=0, wait_until_job_complete=True, do_xcom_push=True,
+            labels={"app": TRAIN_SERVICE},
+            full_pod_spec=k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")],
+                                                       subdomain=TRAIN_SERVICE)),
+            **common)
+    return KubernetesPodOperator(name=task_id, do_xcom_push=True, **common)
