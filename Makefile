@@ -53,7 +53,7 @@ backfill: airflow-db
 images: setup
 	bash containers/base/bootstrap.sh
 	mkdir -p containers/wheels && cp -n /opt/wheels/torch-2.13.0+cpu-*.whl containers/wheels/ 2>/dev/null || true
-	podman build --network host -f containers/cpu/Dockerfile -t localhost/chat-retrain-cpu:latest .
+	podman build --format docker --network host -f containers/cpu/Dockerfile -t localhost/chat-retrain-cpu:latest .
 
 ## MLflow UI over the same store, on 127.0.0.1 only.
 ui: setup
