@@ -16,12 +16,13 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from pipeline.distributed import free_port
 
 DAG_ID = "nightly_chat_retrain"
 TERMINAL = {"success", "failed"}
@@ -64,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _environment() -> dict[str, str]:
     """The embedded Airflow settings, plus what the api-server and the scheduler's task runners must share."""
-    env = dict(os.environ)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    env, port = dict(os.environ), free_port()
     env.setdefault("AIRFLOW_HOME", str(Path.cwd() / ".airflow"))
     env.update({
         "AIRFLOW__API__PORT": str(port),

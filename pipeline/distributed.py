@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import socket
 
-import torch
-
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
@@ -23,20 +21,28 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def single_process_env() -> None:
-    """DeepSpeed needs a process group even for one process; without these it tries MPI discovery."""
-    if "RANK" in os.environ:
-        return  # launched by torchrun / deepspeed: they set everything
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (rendezvous, local servers); 0 is not an option: torchrun hangs on it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return sock.getsockname()[1]
+
+
+def single_process_env() -> None:
+    """DeepSpeed needs a process group even for one process; without these it tries MPI discovery."""
+    import torch
+
+    if "RANK" in os.environ:
+        return  # launched by torchrun / deepspeed: they set everything
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
+def any_rank(flag: bool, device) -> bool:
     """True on every rank if it is true on one (so all ranks stop at the same step and no collective hangs)."""
+    import torch
+
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or world_size() == 1:
         return flag
     value = torch.tensor([int(flag)], device=device)

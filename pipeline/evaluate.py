@@ -119,13 +119,12 @@ def reference_perplexity(model, tokenizer, turns, config: EvaluateConfig, system
 
 
 def write_outputs(scores, samples, project, ctx, dataset, model, champion_version) -> Path:
-    final = storage.run_dir(project, ctx, "evaluate")
+    final, manifest = storage.run_dir(project, ctx, "evaluate"), storage.read_manifest(dataset)
     with storage.atomic_dir(final) as scratch:
         samples.to_parquet(scratch / "samples.parquet", index=False)
         storage.write_json(scratch / "evaluation.json", {
             "scores": scores, "examples": len(samples), "model": str(model), "dataset": str(dataset),
-            "data_digest": storage.read_manifest(dataset)["digest"],
-            "data_input_digest": storage.read_manifest(dataset).get("input_digest", ""),
+            "data_digest": manifest["digest"], "data_input_digest": manifest.get("input_digest", ""),
             "champion_version": champion_version,
         })
         storage.write_json(scratch / storage.MANIFEST, {"files": ["evaluation.json", "samples.parquet"]})

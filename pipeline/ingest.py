@@ -88,9 +88,10 @@ def collect(config: IngestConfig, run_date: str) -> tuple[pd.DataFrame, list[dic
     if not conversations:
         raise IngestError(f"no conversation could be read from {[p.uri for p in partitions]} "
                           f"({len(rejected)} rejected, e.g. {[r.origin + ': ' + r.reason for r in rejected[:3]]})")
+    read = len(conversations) + len(rejected)
     turns, more_rejected, counts = clean(conversations, config)
     rejected += more_rejected
-    counts.update(read=len(conversations) + len(rejected) - len(more_rejected), rejected=len(rejected))
+    counts.update(read=read, rejected=len(rejected))
     counts.update(Counter(f"rejected.{_rule(r.reason)}" for r in rejected))
     for r in rejected[:20]:
         log.warning("quarantined %s: %s", r.origin, r.reason)
@@ -129,14 +130,14 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
                                          json.dumps(conversation.messages, ensure_ascii=False)[:300]))
     keep_turn = ~np.isin(record, list(bad_records))
     kept = [c for i, c in enumerate(conversations) if i not in bad_records]
-    texts, record = texts.filter(pa.array(keep_turn)), record[keep_turn]
-    record = np.repeat(np.arange(len(kept)), [len(c.messages) for c in kept])
+    sizes = np.array([len(c.messages) for c in kept], dtype=int)
+    texts, record = texts.filter(pa.array(keep_turn)), np.repeat(np.arange(len(kept)), sizes)
     turn_index, text_list = turn_index[keep_turn], texts.to_pylist()
 
     detected = cleaning.detect_language(texts, record, len(kept))
     languages = [c.language or detected[i] for i, c in enumerate(kept)]
-    ends = np.cumsum([len(c.messages) for c in kept])
-    starts = ends - np.array([len(c.messages) for c in kept])
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
     ids = cleaning.conversation_digests(languages, text_list, starts, ends)
     near = (cleaning.conversation_digests(languages, cleaning.near_duplicate_text(texts).to_pylist(), starts, ends)
             if config.near_dedup else ids)

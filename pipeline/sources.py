@@ -16,7 +16,6 @@ worse than not training.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.resources
 import json
 import logging
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import objectstore
+from pipeline import objectstore, storage
 
 log = logging.getLogger(__name__)
 
@@ -340,13 +339,12 @@ def _inside_hf_dataset(path: Path, root: Path) -> bool:
 
 
 def _digest_file(path: Path) -> dict:
-    digest = hashlib.sha256(path.read_bytes())
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": storage.file_digest([path])}
 
 
 def _digest_dir(path: Path) -> dict:
-    digest, size = hashlib.sha256(), 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
-        size += file.stat().st_size
-    return {"bytes": size, "sha256": digest.hexdigest()}
+    """A saved dataset's files in name order; names are part of the digest (a renamed shard is a change)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    names = storage.text_digest("\0".join(f.relative_to(path).as_posix() for f in files))
+    return {"bytes": sum(f.stat().st_size for f in files),
+            "sha256": storage.text_digest(names + storage.file_digest(files))}

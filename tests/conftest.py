@@ -85,13 +85,11 @@ def airflow_db():
 def s3_server():
     """moto's S3 server over real HTTP on 127.0.0.1; boto3 finds it through AWS_ENDPOINT_URL (set for subprocesses
     too). Yields a fresh bucket name factory."""
-    import socket
-
     import boto3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from pipeline.distributed import free_port
+
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"

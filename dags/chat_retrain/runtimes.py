@@ -109,7 +109,8 @@ def operator(task_id: str, args: list[str], config: RuntimeConfig, training: boo
 def _local(task_id, args, config, training, **task_kwargs):
     from airflow.providers.standard.operators.bash import BashOperator
 
-    launcher = [sys.executable] if launcher_args(config) == ["python"] else launcher_args(config)
+    launcher = launcher_args(config)
+    launcher = [sys.executable] if launcher == ["python"] else launcher  # the worker's own interpreter
     command = shlex.join([*launcher, "-m", "pipeline", *args])
     return BashOperator(task_id=task_id, bash_command=command, cwd=str(PROJECT_ROOT), **task_kwargs)
 

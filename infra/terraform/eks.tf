@@ -1,11 +1,8 @@
 # EKS: private API endpoint, control-plane logs, secrets encrypted with the project key; a CPU node group for
 # Airflow, MLflow and the light stages, and a GPU node group (label role=gpu, tainted) for training.
 resource "aws_iam_role" "cluster" {
-  name = "${var.name}-eks-cluster"
-  assume_role_policy = jsonencode({
-    Version   = "2012-10-17"
-    Statement = [{ Effect = "Allow", Action = "sts:AssumeRole", Principal = { Service = "eks.amazonaws.com" } }]
-  })
+  name               = "${var.name}-eks-cluster"
+  assume_role_policy = data.aws_iam_policy_document.service_trust["eks"].json
 }
 
 resource "aws_iam_role_policy_attachment" "cluster" {
@@ -39,11 +36,8 @@ resource "aws_eks_cluster" "this" {
 }
 
 resource "aws_iam_role" "nodes" {
-  name = "${var.name}-eks-nodes"
-  assume_role_policy = jsonencode({
-    Version   = "2012-10-17"
-    Statement = [{ Effect = "Allow", Action = "sts:AssumeRole", Principal = { Service = "ec2.amazonaws.com" } }]
-  })
+  name               = "${var.name}-eks-nodes"
+  assume_role_policy = data.aws_iam_policy_document.service_trust["ec2"].json
 }
 
 resource "aws_iam_role_policy_attachment" "nodes" {

@@ -9,6 +9,18 @@ locals {
   }
 }
 
+# Roles assumed by AWS services: the EKS control plane, the node instances, RDS enhanced monitoring.
+data "aws_iam_policy_document" "service_trust" {
+  for_each = { eks = "eks.amazonaws.com", ec2 = "ec2.amazonaws.com", rds_monitoring = "monitoring.rds.amazonaws.com" }
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = [each.value]
+    }
+  }
+}
+
 data "aws_iam_policy_document" "trust" {
   for_each = local.service_accounts
   statement {

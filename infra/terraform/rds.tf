@@ -20,11 +20,8 @@ resource "aws_security_group" "postgres" {
 }
 
 resource "aws_iam_role" "rds_monitoring" {
-  name = "${var.name}-rds-monitoring"
-  assume_role_policy = jsonencode({
-    Version   = "2012-10-17"
-    Statement = [{ Effect = "Allow", Action = "sts:AssumeRole", Principal = { Service = "monitoring.rds.amazonaws.com" } }]
-  })
+  name               = "${var.name}-rds-monitoring"
+  assume_role_policy = data.aws_iam_policy_document.service_trust["rds_monitoring"].json
 }
 
 resource "aws_iam_role_policy_attachment" "rds_monitoring" {

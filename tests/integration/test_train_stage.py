@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
+from pipeline.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,10 +100,8 @@ def test_early_stopping_ends_a_diverging_run_and_keeps_the_best_checkpoint(make_
 @pytest.mark.timeout(900)
 def test_two_process_zero2_with_torchrun_logs_once_from_rank_zero(make_config, dataset):
     config = make_config(train={"max_steps": 4, "logging_steps": 2, "deepspeed": "configs/deepspeed/zero2.json"})
-    with socket.socket() as sock:  # torchrun's --master-port 0 hangs the rendezvous on this torch
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-port", str(free_port())]
     model_dir = stage("train", config, "--dataset", str(dataset), launcher=torchrun)
     assert json.loads((model_dir / "manifest.json").read_text())["global_step"] == 4
     (run,) = train_runs(config)  # rank 1 trained too, but only rank 0 talked to MLflow
