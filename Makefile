@@ -4,8 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONFIG ?= configs/embedded.yaml
-DATE ?= $(shell date -u +%F)
-PORT ?= 5000
+DATE ?= $(shell date -u -d yesterday +%F)  # the newest complete day, as the nightly run
 CHECKOV_VERSION ?= 3.3.30
 
 # Everything stays inside the project and offline (see ../shared/ENVIRONMENT.md).
@@ -20,8 +19,11 @@ export HF_DATASETS_OFFLINE := 1
 export CHECKPOINT_DISABLE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run airflow-db ui test test-slow test-containers lint lint-infra clean lock bench rollback models \
-	backfill images
+# Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
+WITH_STACK = $(PY) -m pipeline.stack up --services s3,mlflow && eval "$$($(PY) -m pipeline.stack env)" &&
+
+.PHONY: setup run airflow-db ui browser test test-slow test-containers lint lint-infra clean lock bench rollback models \
+	backfill images up status down
 
 setup: $(VENV)/.installed
 
@@ -39,15 +41,16 @@ airflow-db: setup
 	$(VENV)/bin/airflow db migrate > /dev/null
 	$(VENV)/bin/airflow pools set training 1 "one training job at a time (nightly and backfills)" > /dev/null
 
-## One real nightly run of the DAG for DATE (default today) on the embedded stack.
+## One real nightly run of the DAG for DATE (default: yesterday, the newest complete day, as the nightly run) on
+## the embedded stack: its S3 and MLflow server are started if they are not running, and stay up (make down).
+## Progress on the console, Airflow's own log in a file (VERBOSE=1 shows it), a summary with links at the end.
 run: airflow-db
-	$(VENV)/bin/airflow dags test nightly_chat_retrain $(DATE) -c '{"config": "$(CONFIG)"}'
-	$(PY) -m pipeline.report --config $(CONFIG)
+	$(WITH_STACK) $(PY) -m pipeline.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose)
 
 ## A real Airflow 3 backfill over START..END (inclusive): make backfill START=2026-11-01 END=2026-11-07
 backfill: airflow-db
 	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD"; exit 2; }
-	$(PY) -m pipeline.backfill --start $(START) --end $(END) --config $(CONFIG)
+	$(WITH_STACK) $(PY) -m pipeline.backfill --start $(START) --end $(END) --config $(CONFIG)
 
 ## Container images with podman, from a locally bootstrapped Debian base (no registry needed).
 images: setup
@@ -55,9 +58,28 @@ images: setup
 	mkdir -p containers/wheels && cp -n /opt/wheels/torch-2.13.0+cpu-*.whl containers/wheels/ 2>/dev/null || true
 	podman build --format docker --network host -f containers/cpu/Dockerfile -t localhost/chat-retrain-cpu:latest .
 
-## MLflow UI over the same store, on 127.0.0.1 only.
+## The stack as long-running services on 127.0.0.1 (pipeline/stack.py): S3 (rclone), MLflow server, Airflow's
+## api-server, dag-processor, scheduler, triggerer; the DAG is unpaused and runs on its schedule. State: .stack/.
+## make up SERVICES=s3,mlflow starts a subset; CHAT_RETRAIN_CONFIG / CHAT_RETRAIN_SCHEDULE are read at `up`.
+up: setup
+	$(PY) -m pipeline.stack up $(if $(SERVICES),--services $(SERVICES))
+
+status:
+	@$(PY) -m pipeline.stack status
+
+down:
+	$(PY) -m pipeline.stack down $(if $(SERVICES),--services $(SERVICES))
+
+## The MLflow UI is the stack's MLflow server (started if needed): prints the links that open the experiment on
+## its DAG runs with candidate / champion / base metric columns (MLflow 3.17 otherwise lands on its GenAI view).
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.mlflow/mlflow.db --host 127.0.0.1 --port $(PORT)
+	$(WITH_STACK) $(PY) -m pipeline.mlflow_ui --config $(CONFIG) --url "$$MLFLOW_TRACKING_URI"
+
+## Headless Chromium (Debian's) + CJK fonts for the browser tests (tests/stack/test_ui.py); apt-get, so root.
+browser:
+	@{ test -x /usr/bin/chromium && dpkg -s fonts-noto-cjk > /dev/null 2>&1; } || { \
+	  test "$$(id -u)" = 0 || { echo "make browser: /usr/bin/chromium is missing; as root run: apt-get install -y chromium fonts-noto-cjk" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk > /dev/null; }
 
 ## Benchmarks; results (JSON) in bench-results/. Targets are in each script's docstring.
 bench: setup
@@ -68,14 +90,14 @@ bench: setup
 
 ## Registry: list versions and aliases; move `champion` back to VERSION (make rollback VERSION=3 REASON="...").
 models: setup
-	$(PY) -m pipeline.registry list --config $(CONFIG)
+	$(WITH_STACK) $(PY) -m pipeline.registry list --config $(CONFIG)
 
 rollback: setup
-	$(PY) -m pipeline.registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
+	$(WITH_STACK) $(PY) -m pipeline.registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
 
 ## Default tier: unit + dags + integration (tiny model, whole DAG). Heavier tiers have their own targets.
-test: setup lint lint-infra
-	$(PY) -m pytest -m "not slow and not gpu and not containers" tests
+test: setup browser lint lint-infra
+	$(PY) -m pytest -m "not slow and not gpu and not containers" --durations=20 tests
 
 test-slow: setup
 	$(PY) -m pytest -m slow tests

@@ -8,22 +8,36 @@ scheduler parses this file often.
 
     airflow dags test nightly_chat_retrain 2026-11-22 -c '{"config": "configs/embedded.yaml"}'
     CHAT_RETRAIN_RUNTIME=kubernetes airflow dags reserialize     # the same DAG as pods
+
+Which day a run trains on (`--run-date`, the data partition dt=<date>) is its logical date `{{ ds }}`. The
+schedule is a cron *data-interval* timetable: the run that fires at 02:00 UTC on day D covers the interval
+[D-1 02:00, D 02:00) and its logical date is the interval's start, so it trains on dt=D-1, the last complete day.
+Manual runs (`airflow dags trigger -l`, `airflow dags test DAG DATE`, `make run DATE=...`) and backfills keep the
+date they are given. catchup=False: when the DAG is unpaused (make up), the latest complete interval runs at once,
+older missed nights are left to `make backfill`.
+
+Parse-time settings (read when the scheduler parses this file; documented in the README):
+    CHAT_RETRAIN_SCHEDULE   cron of the nightly run (default "0 2 * * *", UTC)
+    CHAT_RETRAIN_CONFIG     the `config` param's default, i.e. what scheduled runs use (default configs/embedded.yaml)
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 from chat_retrain import runtimes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # stage commands run here, so relative config paths work
 PYTHON = sys.executable  # the interpreter of the environment Airflow runs in, which has `pipeline` installed
 RUNTIME = runtimes.load()
+SCHEDULE = os.environ.get("CHAT_RETRAIN_SCHEDULE", "0 2 * * *")  # nightly, after the day's data has landed
+DEFAULT_CONFIG = os.environ.get("CHAT_RETRAIN_CONFIG", "configs/embedded.yaml")
 
 
 def record_failure(context) -> None:
@@ -53,13 +67,15 @@ TRAINING_POOL = "training"  # one slot: nightly and backfill runs never train at
 with DAG(
     dag_id="nightly_chat_retrain",
     description="Fine-tune the chat model on the newest dialogues; promote it only if it beats the champion.",
-    schedule="0 2 * * *",  # nightly, after the day's data has landed
+    # Interval timetable, not a bare cron string (a trigger timetable in Airflow 3, whose 02:00 run would have
+    # logical date D, the day that has just begun): logical date = interval start = the day that just ended.
+    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,  # past dates are re-run deliberately, as backfills
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params={
-        "config": Param("configs/embedded.yaml", type="string", description="Stage config YAML (project-relative)."),
+        "config": Param(DEFAULT_CONFIG, type="string", description="Stage config YAML (project-relative)."),
         "allow_backfill_promotion": Param(
             False, type="boolean", description="Let a backfill run move the champion alias (off: only challenger)."
         ),

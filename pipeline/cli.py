@@ -7,7 +7,8 @@
     python -m pipeline promote  --config ... --run-date ... --evaluation <evaluate output>
     python -m pipeline record-failure --config ... --run-date ... --run-id ... --task <task_id>   # failure callback
 
-Airflow's bash tasks push that last line to XCom, so tasks hand each other URIs, never data. Logs go to stderr.
+Airflow's bash tasks push that last line to XCom, so tasks hand each other URIs, never data. Logs go to stderr;
+progress a person follows (stage started / done in, steps, replies) goes through pipeline/progress.py.
 Exit codes: 0 ok, 1 the stage failed (e.g. validation), 2 bad config or arguments.
 """
 
@@ -20,8 +21,10 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
+from pipeline import progress
 from pipeline.config import ConfigError, RunContext, load_project, load_section, run_type_name
 
 # stage -> (module, config class, inputs it takes as URIs)
@@ -60,6 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.stdout.reconfigure(line_buffering=True)  # task logs stream live instead of arriving at exit
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Reported before the heavy imports (torch takes seconds), so the console shows the stage at once.
+    started = time.monotonic()
+    progress.stage_started(args.stage)
+    try:
+        code, error, output = _run_stage(args)
+    except BaseException as exc:  # also Ctrl-C: a console never shows a stage as running forever
+        progress.stage_finished(time.monotonic() - started, f"{type(exc).__name__}: {exc}"[:300])
+        raise
+    # Before the output URI: a bash task pushes the last line it printed (stdout or stderr) to XCom.
+    progress.stage_finished(time.monotonic() - started, error)
+    if output is not None:
+        print(output, flush=True)
+        _write_xcom(output)
+    return code
+
+
+def _run_stage(args: argparse.Namespace) -> tuple[int, str | None, object]:
+    """Run one stage: (exit code, error message for the progress console or None, output URI or None)."""
     module_name, config_class, inputs = STAGES[args.stage]
     module = importlib.import_module(module_name)
     try:
@@ -67,16 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         config = load_section(args.config, args.stage, getattr(module, config_class), args.set)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return 2, f"config error: {exc}", None
     try:
         output = module.run(config, project, _context(args), **{name: getattr(args, name) for name in inputs})
     except Exception as exc:  # the message is what a person reads in the Airflow task log
         logging.getLogger("pipeline").exception("stage %s failed", args.stage)
         print(f"{args.stage} failed: {exc}", file=sys.stderr)
-        return 1
-    print(output, flush=True)
-    _write_xcom(output)
-    return 0
+        return 1, " ".join(f"{type(exc).__name__}: {exc}".split())[:300], None  # one line for the console
+    return 0, None, output
 
 
 def _write_xcom(output) -> None:

@@ -10,6 +10,7 @@ the MLflow compare view lines runs up. Prints the directory holding evaluation.j
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import chat_data, generation, metrics, models, registry, storage, tracking
+from pipeline import chat_data, generation, metrics, models, progress, registry, storage, tracking
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
         for name, reference in contenders.items():
             # Each fine-tuned model is prompted as it was trained; the base model as tonight's candidate.
             system_prompt = trained_system_prompt(reference) if name == "champion" else candidate_prompt
-            scores[name], samples[name] = evaluate_model(reference, examples, turns, config, system_prompt)
+            scores[name], samples[name] = evaluate_model(reference, examples, turns, config, system_prompt, name)
         shutil.rmtree(storage.run_dir(project, ctx, "evaluate_champion"), ignore_errors=True)  # a 0.5 GB copy
         output = write_outputs(scores, samples, project, ctx, dataset, model, champion_version)
         log_results(scores, samples)
@@ -84,11 +85,12 @@ def trained_system_prompt(model_dir: str) -> str | None:
     return json.loads((Path(model_dir) / "train_config.json").read_text()).get("train.system_prompt")
 
 
-def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt):
+def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt, name: str = "model"):
     tokenizer = models.load_tokenizer(reference)
     model = models.load_model(reference)  # fp32: batched greedy then matches one-at-a-time decoding
     replies = generation.generate_replies(
-        model, tokenizer, [e.history for e in examples], system_prompt, config.max_new_tokens, config.batch_size
+        model, tokenizer, [e.history for e in examples], system_prompt, config.max_new_tokens, config.batch_size,
+        on_batch=functools.partial(progress.generation, name),  # which model, batch i/n, replies so far
     )
     scores = metrics.score(replies, [e.reference for e in examples], [e.language for e in examples])
     scores["perplexity"] = reference_perplexity(model, tokenizer, turns, config, system_prompt)

@@ -1,5 +1,11 @@
 """BLEU / ROUGE / chrF that are correct for Chinese as well as English.
 
+chrF comes twice: `chrf` is sacrebleu's default chrF2 (beta=2: recall weighs 4x precision), the number papers
+quote; `chrf1` (beta=1) weighs both equally. In open dialogue chrF2 rewards length, not quality: on the embedded
+test set, appending the base model's unrelated reply to every candidate reply raised chrF2 from 10.9 to 16.4
+(chrF1: 13.2 -> 11.0), and the base model's replies to *other* prompts scored 9.4 chrF2. So chrF2 is reported and
+chrF1 is what the promotion gate guards (README, "Why chrF1").
+
 sacrebleu's default '13a' tokenizer and rouge_score's default tokenizer (which keeps only [a-z0-9]) both score
 Chinese as 0 even for identical sentences. Each text is tokenized for its own language first: sacrebleu's 'zh'
 tokenizer for BLEU, and characters for CJK ROUGE; the overall corpus BLEU is then computed on those tokens.
@@ -38,6 +44,7 @@ class RougeTokenizer:
         return tokens
 
 
+_CHRF1 = sacrebleu.metrics.CHRF(beta=1)
 _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=RougeTokenizer())
 
 
@@ -59,13 +66,14 @@ def _score_group(hypotheses, references, languages) -> dict[str, float]:
     # force: the text is tokenized on purpose (per language, above), which sacrebleu would otherwise warn about
     bleu = sacrebleu.corpus_bleu(hyp_tokens, [ref_tokens], tokenize="none", force=True).score
     chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+    chrf1 = _CHRF1.corpus_score(hypotheses, [references]).score
     rouge = defaultdict(float)
     for hyp, ref in zip(hypotheses, references, strict=True):
         for name, value in _ROUGE.score(ref, hyp).items():
             rouge[name] += value.fmeasure
     count = max(len(hypotheses), 1)
     return {
-        "bleu": bleu, "chrf": chrf,
+        "bleu": bleu, "chrf": chrf, "chrf1": chrf1,
         **{name: 100 * total / count for name, total in rouge.items()},
         "reply_tokens": sum(len(t.split()) for t in hyp_tokens) / count,
     }

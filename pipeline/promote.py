@@ -21,7 +21,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipeline import eval_report, registry, serving, storage, tracking
+from pipeline import evaluation_report, registry, serving, storage, tracking
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class PromoteConfig:
     gate_metric: str = field(default="bleu", metadata={"help": "Overall metric that decides promotion."})
     min_improvement: float = field(default=0.0, metadata={"help": "Required margin over the incumbent (points)."})
     max_regression: dict = field(
-        default_factory=lambda: {"rougeL": 2.0, "chrf": 2.0},
+        default_factory=lambda: {"rougeL": 2.0, "chrf1": 2.0},
         metadata={"help": "Other metrics and how many points each may drop vs the incumbent; e.g. perplexity: 1.0."},
     )
     allow_backfill_promotion: bool = field(
@@ -69,7 +69,7 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
         output = storage.run_dir(project, ctx, "promote")
         storage.write_json(output / "promotion.json", {"version": candidate.version, **asdict(decision)})
         history = registry.champion_history(client, project.registered_model, config.history)
-        report = eval_report.write(output / "evaluation_report.html", Path(evaluation), decision, candidate, history, ctx)
+        report = evaluation_report.write(output / "evaluation_report.html", Path(evaluation), decision, candidate, history, ctx)
         mlflow.log_artifact(str(report))
         tracking.log_artifact_to_parent(report)
         log.info("model version %s: %s", candidate.version, decision.reason)
@@ -140,8 +140,31 @@ def apply(client: MlflowClient, name: str, candidate, decision: Decision) -> Non
             "promotion.incumbent": decision.incumbent_name, "promotion.checks": "\n".join(decision.checks)}
     for key, value in tags.items():
         client.set_model_version_tag(name, candidate.version, key, value)
+    # Descriptions are what the registry pages of the UI show first: the decision in words, and what the model is.
+    client.update_model_version(name, candidate.version, description=describe(decision, candidate))
+    client.update_registered_model(name, description=MODEL_DESCRIPTION)
     mlflow.set_tags(tags)
     tracking.log_to_parent(tags={**tags, "promotion.version": str(candidate.version)})
+
+
+MODEL_DESCRIPTION = (
+    "Chat model fine-tuned nightly by the Airflow DAG `nightly_chat_retrain` on the newest dialogues.\n\n"
+    "Every night's candidate becomes a new version with alias `challenger`; alias `champion` (what serves) moves to it "
+    "only when it passes the promotion gate against the current champion (or the base model). Each version's "
+    "description states that decision and every check; its `airflow.*` tags name the DAG run, whose MLflow run holds "
+    "`evaluation_report.html`. Roll back with `make rollback VERSION=<n> REASON=...`."
+)
+
+
+def describe(decision: Decision, candidate) -> str:
+    """The model version's description: the decision, its reason and each check, in Markdown."""
+    verdict = "PROMOTED to `champion`" if decision.promote else "REJECTED (stays `challenger`)"
+    run = candidate.tags.get("airflow.run_id", "-")
+    lines = [f"**Decision: {verdict}**: {decision.reason}.", "", f"Compared with: {decision.incumbent_name}.", "",
+             "Checks:", *[f"- {check}" for check in decision.checks or ["(none: nothing to compare with)"]], "",
+             f"DAG run `{run}`, logical date {candidate.tags.get('airflow.logical_date', '-')}, "
+             f"run type {candidate.tags.get('airflow.run_type', '-')}; data digest `{candidate.tags.get('data.digest', '-')}`."]
+    return "\n".join(lines)
 
 
 def _incumbent(scores: dict, champion) -> tuple[str, dict | None]:

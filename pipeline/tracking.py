@@ -2,35 +2,59 @@
 
 Stages run as separate processes, so the parent run is found again by its `airflow.run_id` tag instead of being
 passed around. Tags carry the DAG id, run id and logical date so ML leads can filter and compare in the UI.
+The store is MLFLOW_TRACKING_URI when set (the MLflow server of `make up`), else the config's project.tracking_uri.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from pipeline import mlflow_ui
 from pipeline.config import ProjectConfig, RunContext
 
 RUN_TAGS = ("airflow.dag_id", "airflow.run_id", "airflow.logical_date", "airflow.run_type")
+REACHABLE_TIMEOUT_S = 5.0  # a local or in-cluster server answers /health in milliseconds
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server does not answer; the message names the URI that was tried."""
+
+
+def tracking_uri(project: ProjectConfig) -> str:
+    """The environment wins over the YAML: MLFLOW_TRACKING_URI (set by `make up`'s services and `stack env` for
+    the running MLflow server) if set, else project.tracking_uri (the SQLite store of `make run` and the tests)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or project.tracking_uri
 
 
 def connect(project: ProjectConfig) -> str:
     """Point MLflow at the project's store and return the experiment id (created on first use)."""
-    mlflow.set_tracking_uri(project.tracking_uri)
-    _ensure_sqlite_dir(project.tracking_uri)
-    with _sqlite_lock(project.tracking_uri):
+    uri = tracking_uri(project)
+    _set_tracking_uri(uri)
+    server = uri.startswith(("http://", "https://"))
+    if server:
+        _check_reachable(uri)
+    _ensure_sqlite_dir(uri)
+    with _sqlite_lock(uri):
         experiment = mlflow.get_experiment_by_name(project.experiment)
-        if experiment is None:
+        if experiment is None and server:
+            # The server decides where artifacts go (mlflow-artifacts:/, proxied to its store): a local path here
+            # would make clients write to this machine's disk, invisible to the server and other machines.
+            mlflow.create_experiment(project.experiment)
+        elif experiment is None:
             location = project.artifact_root
             if "://" not in location:
                 location = Path(location).resolve().as_uri()
             mlflow.create_experiment(project.experiment, artifact_location=location)
         # Make it the active experiment too: nested runs and logged models otherwise land in "Default" (./mlruns).
-        return mlflow.set_experiment(project.experiment).experiment_id
+        experiment = mlflow.set_experiment(project.experiment)
+        mlflow_ui.configure(MlflowClient(), experiment)  # new and existing experiments open on the training runs
+        return experiment.experiment_id
 
 
 def run_tags(ctx: RunContext) -> dict[str, str]:
@@ -146,6 +170,38 @@ def _sqlite_lock(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _set_tracking_uri(uri: str) -> None:
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses); since that variable now wins
+    over the YAML, a process that connects to two stores (tests, an orchestrator) would otherwise be stuck with the
+    first one, and so would every process it starts. Keep the environment as the caller set it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def _check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_S) -> None:
+    """Fail in seconds, naming the URI: MLflow's own client retries a refused connection for minutes
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 with backoff factor 2, MLFLOW_HTTP_REQUEST_TIMEOUT=120 s per try), which
+    is right for a blip in the middle of a stage but only hides a server that is not running at its start."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:  # answered (e.g. behind auth or a proxy without /health): it is there
+            return
+        reason = f"HTTP {exc.code}"
+    except OSError as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise TrackingUnreachable(f"MLflow tracking server {uri} is not reachable ({reason}); start it with "
+                              f"`make up` or unset MLFLOW_TRACKING_URI to use project.tracking_uri")
 
 
 def _ensure_sqlite_dir(uri: str) -> None:

@@ -24,10 +24,21 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
+import transformers
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from pipeline import batching, chat_data, checkpoints, distributed, models, storage, tracking, tuning
+from pipeline import (
+    batching,
+    chat_data,
+    checkpoints,
+    distributed,
+    models,
+    progress,
+    storage,
+    tracking,
+    tuning,
+)
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
@@ -205,12 +216,13 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
         remove_unused_columns=False,  # the collator needs conversation_ids for its error messages
     )
     collator = batching.Collator(tokenizer.pad_token_id, packed=config.packing)
-    callbacks = [StepMetrics(collator)]
+    callbacks = [StepMetrics(collator), StepProgress()]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = ChatTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                           data_collator=collator, callbacks=callbacks,
                           eval_collator=batching.Collator(tokenizer.pad_token_id, packed=config.packing))
+    trainer.remove_callback(transformers.PrinterCallback)  # its raw log dicts: StepProgress prints step/total, loss and ETA
     return trainer, collator
 
 
@@ -286,6 +298,39 @@ class StepMetrics(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last = (time.perf_counter(), self.collator.real_tokens)
+
+
+class StepProgress(TrainerCallback):
+    """Step / total, loss and ETA for the console (pipeline/progress.py), rank 0 only, at most every 2 s."""
+
+    EVERY_S = 2.0  # a GPU runs many steps a second; the console needs a line every few seconds at most
+
+    def __init__(self):
+        self.began, self.first_step, self.loss, self.last_emit = 0.0, 0, None, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # ETA from this attempt's own pace: a resumed run starts at the checkpoint's step, not 0.
+        self.began, self.first_step = time.perf_counter(), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # On a logging step the Trainer calls on_log next, with the fresh loss: that one reports the step.
+        every = getattr(state, "logging_steps", None) or args.logging_steps
+        if args.logging_strategy != "steps" or state.global_step % max(int(every), 1):
+            self._report(state, force=state.global_step >= state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+            self._report(state, force=True)
+
+    def _report(self, state, force: bool) -> None:
+        now, step = time.perf_counter(), state.global_step
+        if not state.is_world_process_zero or (now - self.last_emit < self.EVERY_S and not force):
+            return
+        done = step - self.first_step
+        eta = (state.max_steps - step) * (now - self.began) / done if done > 0 else None
+        progress.training_step(step, state.max_steps, eta, self.loss)
+        self.last_emit = now
 
 
 def _bf16_supported() -> bool:

@@ -35,14 +35,27 @@ def pytest_configure(config):
         CHECKPOINT_DISABLE="1",
         TOKENIZERS_PARALLELISM="false",
     )
+    # Tests choose their own stores; a shell that ran `eval "$(python -m pipeline.stack env)"` must not redirect
+    # them to the running stack (the environment wins over a config's tracking_uri).
+    for name in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
 
 
 def pytest_collection_modifyitems(items):
-    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/, containers/).
+    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/, containers/, stack/).
     for item in items:
         tier = Path(item.fspath).parent.name
-        if tier in ("unit", "dags", "integration", "slow", "containers"):
+        if tier in ("unit", "dags", "integration", "slow", "containers", "stack"):
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_uri_from_earlier_tests():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, and that variable wins over a config's tracking_uri:
+    a test that calls it must not send the next test's stages (and their subprocesses) to its store."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,9 @@ def test_stages_are_chained_in_lifecycle_order(dag):
 
 
 def test_schedule_and_params(dag):
-    assert dag.schedule == "0 2 * * *" or str(dag.timetable.summary) == "0 2 * * *"
+    # A data-interval timetable (the run at 02:00 on D trains on D-1: tests/dags/test_schedule.py), 02:00 UTC.
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert dag.timetable.expression == "0 2 * * *" and str(dag.timetable.timezone) == "UTC"
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.params["config"] == "configs/embedded.yaml"
 

@@ -1,4 +1,8 @@
-"""The stage command line: argument checks and the run type the backfill guard depends on."""
+"""The stage command line: argument checks, the run type the backfill guard depends on, the output URI last."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -27,3 +31,15 @@ def test_the_deepspeed_launchers_local_rank_argument_is_accepted():
     args = cli.parser().parse_args(["train", "--config", "c.yaml", "--run-date", "2026-11-22", "--dataset", "d",
                                     "--local_rank=1"])
     assert args.stage == "train" and args.local_rank == 1
+
+
+def test_the_output_uri_stays_the_last_line_after_the_progress_lines(make_config):
+    # A bash task pushes its last line of output (stdout and stderr together) to XCom: progress must come before.
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_PROGRESS"}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--config", str(make_config()),
+                             "--run-date", "2026-11-22"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and "[ingest] started" in lines and any(
+        line.startswith("[ingest] done in ") for line in lines)
+    assert lines[-1].endswith("conversations/dt=2026-11-22")

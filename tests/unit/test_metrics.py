@@ -1,12 +1,16 @@
 """Metric values against hand-computed cases, in English and Chinese."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
 from pipeline import metrics
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def test_english_rouge_and_bleu_match_hand_computation():
@@ -45,3 +49,22 @@ def test_per_language_and_overall_keys():
     assert {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "bleu_zh", "rougeL_zh", "reply_tokens"} <= set(scores)
     assert scores["rouge1"] == pytest.approx((100 + scores["rouge1_zh"]) / 2)  # overall = mean over replies
     assert all(not math.isnan(v) for v in scores.values())
+
+
+
+def test_chrf2_rewards_length_on_real_replies_and_chrf1_does_not():
+    """Why the gate guards chrF1, on the real replies of a first night (SmolLM2 fine-tuned 60 steps vs the base
+    model, 96 held-out chatterbot dialogues, tests/data/first_night_replies.jsonl). chrF2 weighs recall 4x: it goes
+    UP when every fine-tuned reply gets the base model's unrelated reply appended, and the base model's replies to
+    OTHER prompts score almost as much as the fine-tuned replies to the right ones. chrF1 moves the right way."""
+    rows = [json.loads(line) for line in (DATA / "first_night_replies.jsonl").read_text(encoding="utf-8").splitlines()]
+    references, languages = [r["reference"] for r in rows], [r["language"] for r in rows]
+    candidate, base = [r["candidate"] for r in rows], [r["base"] for r in rows]
+    padded = [f"{c} {b}" for c, b in zip(candidate, base, strict=True)]
+    off_topic = base[1:] + base[:1]  # each prompt answered with the base model's reply to the next prompt
+    honest, rambling = metrics.score(candidate, references, languages), metrics.score(padded, references, languages)
+    base_scores, off = metrics.score(base, references, languages), metrics.score(off_topic, references, languages)
+    assert rambling["chrf"] > honest["chrf"] + 3 and rambling["chrf1"] < honest["chrf1"]
+    assert base_scores["chrf"] > honest["chrf"] and base_scores["chrf1"] < honest["chrf1"]
+    assert off["chrf"] > 0.8 * honest["chrf"] and off["chrf1"] < 0.6 * honest["chrf1"]
+    assert honest["rougeL"] > 2 * base_scores["rougeL"]  # the balanced word-level metric agrees with chrF1

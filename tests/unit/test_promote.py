@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from pipeline import promote, registry
 from pipeline.config import ProjectConfig, RunContext
 
-SCORES = {"candidate": {"bleu": 10.0, "rougeL": 20.0, "chrf": 30.0, "perplexity": 12.0},
-          "base": {"bleu": 4.0, "rougeL": 10.0, "chrf": 25.0, "perplexity": 20.0}}
+SCORES = {"candidate": {"bleu": 10.0, "rougeL": 20.0, "chrf1": 30.0, "perplexity": 12.0},
+          "base": {"bleu": 4.0, "rougeL": 10.0, "chrf1": 25.0, "perplexity": 20.0}}
 GATE = promote.PromoteConfig()
 
 
@@ -25,7 +25,7 @@ def test_first_candidate_is_judged_against_the_base_model():
 
 
 def test_champion_scored_tonight_is_the_incumbent():
-    tonight = {**SCORES, "champion": {"bleu": 11.0, "rougeL": 19.0, "chrf": 30.0}}
+    tonight = {**SCORES, "champion": {"bleu": 11.0, "rougeL": 19.0, "chrf1": 30.0}}
     champion = SimpleNamespace(version=3, tags={"metric.bleu": "1.0"})  # recorded score is stale: not used
     decision = promote.decide(GATE, tonight, champion)
     assert not decision.promote and decision.incumbent_name == "champion v3"
@@ -39,11 +39,11 @@ def test_recorded_champion_scores_are_the_fallback():
 
 
 def test_regression_on_another_metric_blocks_promotion():
-    tonight = {**SCORES, "champion": {"bleu": 9.0, "rougeL": 23.0, "chrf": 30.5}}
+    tonight = {**SCORES, "champion": {"bleu": 9.0, "rougeL": 23.0, "chrf1": 30.5}}
     decision = promote.decide(GATE, tonight, SimpleNamespace(version=1, tags={}))
     assert not decision.promote
     assert decision.reason == "bleu 10.000 beats champion v1 9.000; blocked: rougeL regressed by 3.000 (> 2.0)"
-    assert "PASS chrf: 30.000 vs 30.500 (change -0.500, allowed >= -2.0)" in decision.checks
+    assert "PASS chrf1: 30.000 vs 30.500 (change -0.500, allowed >= -2.0)" in decision.checks
 
 
 def test_per_language_regression_is_caught():
@@ -106,6 +106,11 @@ def test_registry_lifecycle_worse_model_backfill_retry_rollback(tmp_path, model_
     assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("conversations@2026-11-22", ("abc" * 8)[:16])]
     assert rejected.tags["promotion.decision"] == "rejected"
     assert rejected.tags["promotion.reason"] == "bleu 6.000 does not beat champion v1 (recorded scores) 8.000"
+    # The registry pages of the UI lead with the descriptions: the decision, its reason and each check.
+    assert rejected.description.startswith("**Decision: REJECTED") and rejected.tags["promotion.reason"] in (
+        rejected.description)
+    assert "- FAIL bleu: 6.000 vs champion v1 (recorded scores) 8.000" in rejected.description
+    assert "champion" in client.get_registered_model("chat").description
     backfill = client.get_model_version_by_alias("chat", "challenger")
     assert backfill.version == 3 and "blocked: backfill run" in backfill.tags["promotion.reason"]
     assert backfill.tags["data.digest"] == "abc" * 8 and backfill.tags["airflow.run_type"] == "backfill"

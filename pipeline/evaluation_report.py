@@ -1,4 +1,7 @@
-"""The evaluation report ML leads read: one self-contained HTML file per DAG run, logged to MLflow.
+"""The HTML evaluation report ML leads read: one self-contained file per DAG run, written by the promote stage to
+runs/<dag>/<run>/promote/evaluation_report.html and logged to MLflow (artifact `evaluation_report.html` on the DAG
+run and on the promote run). Not a command: `python -m pipeline promote ...` writes it. The console summary of
+recent DAG runs is pipeline/run_summary.py.
 
 Sections: the promotion decision and each gate check; overall and per-language metric tables with candidate,
 champion and base side by side; a chart of the last N champions' metrics next to tonight's candidate; sample
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-CHART_METRICS = ("bleu", "rougeL", "chrf")
-HEADLINE = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "perplexity", "reply_tokens")
+CHART_METRICS = ("bleu", "rougeL", "chrf1")
+HEADLINE = ("bleu", "chrf1", "chrf", "rouge1", "rouge2", "rougeL", "perplexity", "reply_tokens")
 SAMPLES = 40
 
 

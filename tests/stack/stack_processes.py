@@ -1,0 +1,47 @@
+"""Helpers of the stack tests: run `python -m pipeline.stack`, pick free ports, find processes left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import services
+
+REPO = Path(__file__).resolve().parents[2]
+PORT_KEYS = ("s3_port", "mlflow_port", "airflow_port", "worker_log_port", "triggerer_log_port")
+
+
+def stack_command(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.stack", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=REPO)
+
+
+def free_ports(count: int) -> list[int]:
+    from pipeline.distributed import free_port
+
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def port_flags(ports: list[int]) -> list[str]:
+    return [arg for key, port in zip(PORT_KEYS, ports, strict=True) for arg in ("--set", f"stack.{key}={port}")]
+
+
+def leftovers(home: Path) -> list[str]:
+    """Processes whose command line or environment names `home`: every service of the stack has AIRFLOW_HOME /
+    RCLONE_CONFIG under it, so this also finds workers whose command line names neither (uvicorn, task runners)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command, environ = (entry / "cmdline").read_bytes(), (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if services.start_time(int(entry.name)) is not None and str(home).encode() in command + environ:
+            found.append(entry.name + ": " + command.replace(b"\0", b" ").decode(errors="replace")[:150])
+    return found

@@ -1,0 +1,51 @@
+"""Which MLflow store a stage uses (the environment wins over the YAML) and how fast it fails without one."""
+
+import os
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.config import ProjectConfig
+from pipeline.distributed import free_port
+
+
+def project(tmp_path, **changes) -> ProjectConfig:
+    return ProjectConfig(tracking_uri=f"sqlite:///{tmp_path / 'yaml.db'}", artifact_root=str(tmp_path / "art"),
+                         experiment="exp", **changes)
+
+
+def test_the_yaml_store_is_used_when_the_environment_names_none(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    experiment_id = tracking.connect(project(tmp_path))
+    experiment = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'yaml.db'}").get_experiment(experiment_id)
+    # a SQLite store keeps today's artifact location: the project's artifact_root
+    assert experiment.name == "exp" and experiment.artifact_location == (tmp_path / "art").as_uri()
+
+
+def test_mlflow_tracking_uri_in_the_environment_wins_over_the_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    assert tracking.tracking_uri(project(tmp_path)) == f"sqlite:///{tmp_path / 'env.db'}"
+    tracking.connect(project(tmp_path))
+    assert MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'env.db'}").get_experiment_by_name("exp")
+    assert not (tmp_path / "yaml.db").exists()
+
+
+def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path, monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingUnreachable, match=uri.replace(".", r"\.")):
+        tracking.connect(project(tmp_path))
+    assert time.monotonic() - started < 10  # MLflow's own retries would take minutes
+
+
+def test_connecting_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri exports the variable; since it wins over the YAML, a second project in the same
+    # process (or a subprocess) would silently use the first one's store.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.connect(project(tmp_path / "a"))
+    tracking.connect(project(tmp_path / "b"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert (tmp_path / "b" / "yaml.db").is_file()
