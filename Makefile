@@ -44,8 +44,10 @@ airflow-db: setup
 ## One real nightly run of the DAG for DATE (default: yesterday, the newest complete day, as the nightly run) on
 ## the embedded stack: its S3 and MLflow server are started if they are not running, and stay up (make down).
 ## Progress on the console, Airflow's own log in a file (VERBOSE=1 shows it), a summary with links at the end.
+## SET="train.precision=fp32 train.seed=7" overrides config keys for this run (a derived config in runs/configs/).
 run: airflow-db
-	$(WITH_STACK) $(PY) -m pipeline.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose)
+	$(WITH_STACK) $(PY) -m pipeline.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose) \
+	    $(foreach override,$(SET),--set $(override))
 
 ## A real Airflow 3 backfill over START..END (inclusive): make backfill START=2026-11-01 END=2026-11-07
 backfill: airflow-db
@@ -119,8 +121,10 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
 
+## Drops all local state: stops the stack first (its servers hold the SQLite store and the S3 directory).
 clean:
-	rm -rf .airflow .mlflow data runs
+	test ! -x $(PY) || $(PY) -m pipeline.stack down
+	rm -rf .airflow .mlflow .stack data runs
 
 ## Re-pin requirements.lock from the current venv (after changing dependencies in pyproject.toml).
 lock:

@@ -88,6 +88,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return merged
 
 
+def config_yaml(raw: dict[str, Any]) -> str:
+    """A config mapping as YAML text, keys in order, non-ASCII kept (the Chinese system prompt stays readable)."""
+    return yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
+
+
 def build(cls: type[T], values: dict[str, Any], where: str) -> T:
     """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type."""
     known = {f.name: f for f in dataclasses.fields(cls)}

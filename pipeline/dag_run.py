@@ -1,6 +1,7 @@
 """`make run`'s driver: one DAG run through `airflow dags test`, shown as progress a person can follow.
 
     python -m pipeline.dag_run --config configs/embedded.yaml --date 2026-11-22 [--verbose]
+    python -m pipeline.dag_run --config ... --set train.precision=fp32 --set train.seed=7   # = make run SET="..."
 
 Airflow's own output (hundreds of structured log lines) goes to $AIRFLOW_HOME/logs/dag-run-<date>-<time>.log,
 named at the start; --verbose shows it here instead. The stages report their progress as JSON lines to a fresh
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -43,6 +45,8 @@ TASK_FAILED = re.compile(r"new_state=(failed|up_for_retry)\b")
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = parse_args(argv)
+    if args.overrides:
+        args.config = str(config_with_overrides(args.config, args.overrides))
     env = dict(os.environ if env is None else env)
     log_path, progress_path = output_paths(env, args.date)
     print(f"{DAG_ID} for {args.date}, config {args.config}")
@@ -68,7 +72,21 @@ def parse_args(argv):
     parser.add_argument("--config", required=True, help="stage config YAML, passed as the DAG's `config` param")
     parser.add_argument("--date", default=datetime.date.today().isoformat(), help="logical date YYYY-MM-DD")
     parser.add_argument("--verbose", action="store_true", help="show Airflow's own output instead of progress")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override the config for this run (a derived config file is written and passed on)")
     return parser.parse_args(argv)
+
+
+def config_with_overrides(config: str, overrides: list[str], directory: Path = Path("runs/configs")) -> Path:
+    """The DAG takes a config *path* (its `config` param), so overrides become a config file of their own, named by
+    its content: the same overrides give the same file, and the run's MLflow params show the resolved values."""
+    from pipeline.config import apply_overrides, config_yaml, read_yaml
+
+    text = config_yaml(apply_overrides(read_yaml(config), overrides))
+    path = directory / f"{Path(config).stem}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {config} with {' '.join(overrides)} (python -m pipeline.dag_run --set)\n{text}")
+    return path
 
 
 def airflow_command(date: str, config: str) -> list[str]:

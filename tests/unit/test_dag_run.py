@@ -94,3 +94,17 @@ def test_a_successful_run_ends_with_the_summary(tmp_path, monkeypatch, capfd):
     out = capfd.readouterr().out
     assert "[train] done in 2s" in out and "succeeded in" in out and "FAILED" not in out
     assert out.rstrip().endswith("SUMMARY manual__2026-11-23T04:43:27.362922+00:00 http://127.0.0.1:5999")
+
+
+def test_overrides_become_a_config_file_named_by_its_content(tmp_path):
+    """`make run SET="train.precision=fp32 train.seed=7"`: the DAG takes a config path, so the overrides are written
+    to a derived config; the stages then load and validate it like any other."""
+    from pipeline.config import load_section
+    from pipeline.train import TrainConfig
+
+    overrides = ["train.precision=fp32", "train.seed=7"]
+    path = dag_run.config_with_overrides("configs/embedded.yaml", overrides, tmp_path)
+    assert path == dag_run.config_with_overrides("configs/embedded.yaml", overrides, tmp_path)  # same content, same name
+    train = load_section(path, "train", TrainConfig)
+    assert (train.precision, train.seed, train.max_steps) == ("fp32", 7, 60)
+    assert load_section(path, "train", TrainConfig).system_prompt == "You are a helpful chatbot."
