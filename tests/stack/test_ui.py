@@ -10,16 +10,20 @@ The `nightly_stack` fixture (tests/stack/conftest.py) brings the stack up and wa
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
+import playwright.sync_api as playwright_api  # a dev dependency: missing must fail, not skip
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import mlflow_ui
+from pipeline import mlflow_ui, services
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -101,14 +105,37 @@ def test_mlflow_experiment_opens_on_its_training_runs(page, nightly_stack, track
     assert "workflowType=machine_learning" in page.url  # the Model training side of the switch stays selected
 
 
-def test_mlflow_dag_runs_show_candidate_champion_base_metrics_without_column_picking(page, nightly_stack, tracked):
+@pytest.fixture(scope="module")
+def second_night(nightly_stack, tracked):
+    """A manual run (a past date: a future one would wait for it) after the scheduled one, run by the scheduler: it scores
+    the first night's champion, so its MLflow run has champion/* metrics beside candidate/* and base/*."""
+    env = {key: value for key, value in os.environ.items() if key != "AIRFLOW__CORE__UNIT_TEST_MODE"}
+    env.update(AIRFLOW_HOME=str(nightly_stack.home / ".airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).resolve().parents[2] / "dags"))
+    run_id = "manual__second_night"
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "dags", "trigger", DAG_ID, "--run-id", run_id,
+                    "--logical-date", "2026-11-20T00:00:00+00:00"], env=env, check=True, capture_output=True)
+    deadline, state = time.monotonic() + 240, None
+    while time.monotonic() < deadline and state not in ("success", "failed"):
+        time.sleep(3)
+        state = services.get_json(f"{nightly_stack.airflow_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+    assert state == "success", f"second night {run_id}: {state}"
+    client = tracked["client"]
+    (parent,) = client.search_runs([tracked["experiment_id"]], filter_string=(
+        f"tags.`airflow.run_id` = '{run_id}' and tags.`pipeline.level` = 'dag_run'"))
+    return parent
+
+
+def test_mlflow_dag_runs_show_candidate_champion_base_metrics_without_column_picking(page, nightly_stack, tracked,
+                                                                                      second_night):
     page.goto(mlflow_ui.runs_url(nightly_stack.mlflow_url, tracked["experiment_id"]))
     expect(page.get_by_text("DAG runs: candidate vs champion vs base").first).to_be_visible()
     expect(page.get_by_text("matching runs")).to_be_visible()
     _close_assistant(page)  # its side panel narrows the grid, which renders only the columns in view
-    parent = tracked["parent"]
+    parent = second_night  # the night that has a champion to compare with
     row = page.locator(f"[role=row][row-id='{parent.info.run_id}']").first
     expect(row).to_be_visible()
+    expect(page.locator(f"[role=row][row-id='{tracked['parent'].info.run_id}']").first).to_be_visible()
     # Only DAG (parent) runs are listed, not their stage runs.
     expect(page.get_by_role("link", name=re.compile(r"^(ingest|validate|train|evaluate|promote)$"))).to_have_count(0)
 
@@ -117,15 +144,13 @@ def test_mlflow_dag_runs_show_candidate_champion_base_metrics_without_column_pic
     for metric in mlflow_ui.HEADLINE_METRICS:
         for side in mlflow_ui.SIDES:
             key = f"{side}/{metric}"
-            if key not in metrics:  # champion/* on the first night: no run has the key, so the UI has no column
-                continue
             column = f"metrics.`{key}`"
             expect(page.locator(f"[role=columnheader][col-id='{column}']")).to_contain_text(key)
             cell = page.locator(f"[role=row][row-id='{parent.info.run_id}'] [role=gridcell][col-id='{column}']")
             text = cell.first.inner_text().strip()
             assert float(text) == pytest.approx(metrics[key], rel=1e-3, abs=1e-3), (key, text)
             shown.append(key)
-    assert {f"{side}/{m}" for side in ("candidate", "base") for m in mlflow_ui.HEADLINE_METRICS} <= set(shown)
+    assert {f"{side}/{m}" for side in mlflow_ui.SIDES for m in mlflow_ui.HEADLINE_METRICS} == set(shown)
 
 
 def test_mlflow_run_renders_the_evaluation_report(page, nightly_stack, tracked):
