@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from pipeline import services
 from pipeline.distributed import free_port
 
 DAG_ID = "nightly_chat_retrain"
@@ -50,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
                       "--dag-run-conf", conf], env)
     logs = Path(env["AIRFLOW_HOME"]) / "backfill-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    services = [_start(airflow + ["api-server", "--port", env["AIRFLOW__API__PORT"]], env, logs / "api-server.log")]
+    started = [services.start(airflow + ["api-server", "--port", env["AIRFLOW__API__PORT"]], env,
+                              logs / "api-server.log", Path.cwd())]
     try:
-        _wait_for_api(env, services[0])  # task runners report to it from their first second
-        services.append(_start(airflow + ["scheduler"], env, logs / "scheduler.log"))
+        _wait_for_api(env, started[0])  # task runners report to it from their first second
+        started.append(services.start(airflow + ["scheduler"], env, logs / "scheduler.log", Path.cwd()))
         states = _wait(airflow, env, args.start, args.end, args.timeout)
     finally:
-        for service in services:
-            _stop(service)
+        for record in started:
+            services.stop(record, timeout=60)
     for date, state in sorted(states.items()):
         print(f"{date} {state}")
     return 0 if states and all(state == "success" for state in states.values()) else 1
@@ -100,37 +100,16 @@ def _wait(airflow: list[str], env: dict, start: str, end: str, timeout: int) -> 
     return {date: state if state in TERMINAL else "timed out" for date, state in states.items()}
 
 
-def _wait_for_api(env: dict, server: subprocess.Popen, timeout: int = 180) -> None:
+def _wait_for_api(env: dict, server: dict, timeout: int = 180) -> None:
     url = f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}/api/v2/monitor/health"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"api-server did not come up on {url}; see $AIRFLOW_HOME/backfill-logs/api-server.log")
+    if not services.wait_until(lambda: services.http_ok(url), server, timeout):
+        raise SystemExit(f"api-server did not come up on {url}; see $AIRFLOW_HOME/backfill-logs/api-server.log")
 
 
 def _check(command: list[str], env: dict) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command[1:4])} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-
-
-def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
-    handle = open(log, "ab")  # noqa: SIM115 (kept open for the service's lifetime)
-    return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 if __name__ == "__main__":
