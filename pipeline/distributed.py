@@ -48,3 +48,18 @@ def any_rank(flag: bool, device) -> bool:
     value = torch.tensor([int(flag)], device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
+
+
+def finish() -> None:
+    """Every rank waits for the others, then tears the process group down before the interpreter exits.
+
+    A rank that exits while its gloo/NCCL threads are still alive (rank 0 still saving to MLflow) dies with
+    "terminate called without an active exception" (SIGABRT), and torchrun then fails the whole stage.
+    """
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if world_size() > 1:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

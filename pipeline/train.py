@@ -151,6 +151,7 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
                 shutil.rmtree(output / "checkpoints", ignore_errors=True)
                 if mirror:
                     checkpoints.forget(mirror)
+    distributed.finish()
     return model_dir
 
 
