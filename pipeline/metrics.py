@@ -48,6 +48,11 @@ _CHRF1 = sacrebleu.metrics.CHRF(beta=1)
 _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=RougeTokenizer())
 
 
+def rouge_f(hypothesis: str, reference: str, language: str) -> dict[str, float]:
+    """ROUGE-1/2/L F1 in [0, 1] of one reply (the corpus value is their mean; the bootstrap resamples them)."""
+    return {name: value.fmeasure for name, value in _ROUGE.score(reference, hypothesis).items()}
+
+
 def score(hypotheses: list[str], references: list[str], languages: list[str]) -> dict[str, float]:
     """Corpus metrics overall and per language: bleu, chrf, rouge1/2/L (F1, x100), reply_words; keys like bleu_zh."""
     groups = defaultdict(list)
@@ -68,9 +73,9 @@ def _score_group(hypotheses, references, languages) -> dict[str, float]:
     chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
     chrf1 = _CHRF1.corpus_score(hypotheses, [references]).score
     rouge = defaultdict(float)
-    for hyp, ref in zip(hypotheses, references, strict=True):
-        for name, value in _ROUGE.score(ref, hyp).items():
-            rouge[name] += value.fmeasure
+    for hyp, ref, language in zip(hypotheses, references, languages, strict=True):
+        for name, value in rouge_f(hyp, ref, language).items():
+            rouge[name] += value
     count = max(len(hypotheses), 1)
     return {
         "bleu": bleu, "chrf": chrf, "chrf1": chrf1,
