@@ -6,6 +6,8 @@ PIP := $(PY) -m pip
 CONFIG ?= configs/embedded.yaml
 DATE ?= $(shell date -u -d yesterday +%F)  # the newest complete day, as the nightly run
 CHECKOV_VERSION ?= 3.3.30
+# make serve / make chat; 5000 is the stack's MLflow server, 9000 its S3, 8080 Airflow.
+SERVE_PORT ?= 5001
 
 # Everything stays inside the project and offline (see ../shared/ENVIRONMENT.md).
 export AIRFLOW_HOME := $(CURDIR)/.airflow
@@ -23,7 +25,7 @@ export TOKENIZERS_PARALLELISM := false
 WITH_STACK = $(PY) -m pipeline.stack up --services s3,mlflow && eval "$$($(PY) -m pipeline.stack env)" &&
 
 .PHONY: setup run airflow-db ui browser test test-slow test-containers lint lint-infra clean lock bench rollback models \
-	backfill images up status down
+	serve chat backfill images up status down
 
 setup: $(VENV)/.installed
 
@@ -86,6 +88,7 @@ browser:
 ## Benchmarks; results (JSON) in bench-results/. Targets are in each script's docstring.
 bench: setup
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_bootstrap.py
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_ingest.py
@@ -96,6 +99,15 @@ models: setup
 
 rollback: setup
 	$(WITH_STACK) $(PY) -m pipeline.registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
+
+## The champion (models:/<registered_model>@champion) behind MLflow's scoring server on 127.0.0.1:SERVE_PORT (5001);
+## fails with a message when nothing is champion yet. Restart it after a promotion or a rollback. Talk: make chat.
+serve: setup
+	$(WITH_STACK) $(PY) -m pipeline.serving --config $(CONFIG) --port $(SERVE_PORT)
+
+## A terminal chat with `make serve`'s model: the conversation is kept (multi-turn); /reset starts over, Ctrl-D quits.
+chat: setup
+	$(PY) -m pipeline.chat --port $(SERVE_PORT)
 
 ## Default tier: unit + dags + integration (tiny model, whole DAG). Heavier tiers have their own targets.
 test: setup browser lint lint-infra

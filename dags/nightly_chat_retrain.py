@@ -79,6 +79,10 @@ with DAG(
         "allow_backfill_promotion": Param(
             False, type="boolean", description="Let a backfill run move the champion alias (off: only challenger)."
         ),
+        "allow_older_data": Param(
+            False, type="boolean",
+            description="Let a model trained on data older than the champion's move the champion alias.",
+        ),
     },
     tags=["training", "chat", RUNTIME.runtime],
 ) as dag:
@@ -93,6 +97,7 @@ with DAG(
                      RUNTIME, execution_timeout=timedelta(hours=3))
     promote = stage("promote", args("promote", "--set",
                                     "promote.allow_backfill_promotion={{ params.allow_backfill_promotion | lower }}",
+                                    "--set", "promote.allow_older_data={{ params.allow_older_data | lower }}",
                                     evaluation=xcom("evaluate")), RUNTIME)
     ingest >> validate >> train >> evaluate >> promote
     validate >> evaluate

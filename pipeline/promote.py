@@ -3,31 +3,35 @@
     python -m pipeline promote --config configs/embedded.yaml --run-date 2026-11-22 --evaluation runs/<dag>/<run>/evaluate
 
 Every candidate becomes a new version of the registered model with alias `challenger`. It becomes `champion` only
-if (1) its gate metric beats the incumbent by more than `min_improvement`, where the incumbent is the current
-champion scored tonight on the same examples (or the base model when there is no champion yet); (2) no metric in
-`max_regression` drops by more than its allowance; (3) the run is not a backfill, unless allowed. The decision,
-every check and its reason are tags on the DAG run and on the model version; an HTML report is logged beside them.
-A retried task finds the version it registered before instead of registering a second one.
+if it passes the gate (gate.py): a significant gain on the gate metric over the incumbent (paired bootstrap over the
+evaluation examples), no significant drop beyond a guard's allowance, not a backfill, not older data than the
+champion's. The decision, every check with its estimate, confidence interval and p-value are tags on the DAG run and
+on the model version; an HTML report is logged beside them.
+
+Fails closed: a registry or tracking error fails the task (Airflow retries it) instead of reading as "no champion";
+metric names in the config that the evaluation did not produce are config errors; if `champion` moved since evaluate
+scored it, the task fails (clear evaluate and promote to re-evaluate). A retried task finds the version it
+registered before instead of registering a second one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipeline import evaluation_report, registry, serving, storage, tracking
-from pipeline.config import ProjectConfig, RunContext, as_params
+from pipeline import evaluation_report, registry, serving, significance, storage, tracking
+from pipeline.config import ConfigError, ProjectConfig, RunContext, as_params
+from pipeline.gate import Decision, Evidence, check_metric_names, decide
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = {"perplexity"}
-RUNTIME_REQUIREMENTS = ["torch", "transformers", "mlflow", "pandas", "sacrebleu", "rouge-score", "gguf"]
 
 
 @dataclass(frozen=True)
@@ -41,30 +45,42 @@ class PromoteConfig:
     allow_backfill_promotion: bool = field(
         default=False, metadata={"help": "Let runs of type 'backfill' move champion (normally only challenger)."}
     )
+    allow_older_data: bool = field(
+        default=False, metadata={"help": "Let a model trained on data older than the champion's move champion."}
+    )
+    confidence: float = field(default=0.95, metadata={"help": "Confidence level of the bootstrap intervals."})
+    resamples: int = field(default=1000, metadata={"help": "Paired bootstrap resamples."})
+    seed: int = field(default=12345, metadata={"help": "Seed of the resampling (same data -> same decision)."})
+    min_examples: int = field(
+        default=10, metadata={"help": "Fewest examples (per language for per-language keys) a bootstrap accepts."}
+    )
     history: int = field(default=10, metadata={"help": "Past champions charted in the evaluation report."})
 
+    def __post_init__(self):
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"promote.confidence must be in [0.5, 1), got {self.confidence}")
+        if self.resamples < 100:
+            raise ConfigError(f"promote.resamples must be >= 100 for a usable interval, got {self.resamples}")
 
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    metric: str
-    candidate: float
-    incumbent: float
-    incumbent_name: str  # "champion v3", "base model"
-    reason: str
-    checks: list[str]  # one line per rule, passed or failed
+
+class ChampionMoved(RuntimeError):
+    """`champion` is not the version evaluate scored: the comparison is stale, evaluate must run again."""
 
 
 def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluation: str) -> Path:
     with tracking.stage_run(project, ctx, "promote"):
         mlflow.log_params(as_params(config, "promote"))
         result = json.loads((Path(evaluation) / "evaluation.json").read_text())
+        check_metric_names(config, result["scores"])
+        manifest = storage.read_manifest(result["dataset"])
         # The run that logs the model version lists the data it was trained on (the Datasets column of the UI).
-        tracking.log_dataset(Path(result["dataset"]), storage.read_manifest(result["dataset"]), context="training")
+        tracking.log_dataset(Path(result["dataset"]), manifest, context="training")
         client = MlflowClient()
-        champion = registry.champion(client, project.registered_model)
+        champion = registry.champion(client, project.registered_model)  # raises when the registry fails
+        check_champion_unchanged(champion, result, registry.version_for_run(client, project.registered_model, ctx.run_id))
+        evidence = gather_evidence(config, Path(evaluation), manifest, champion)
         candidate = register(client, project, ctx, result)
-        decision = decide(config, result["scores"], champion, ctx.run_type)
+        decision = decide(config, result["scores"], champion, ctx.run_type, evidence)
         apply(client, project.registered_model, candidate, decision)
         output = storage.run_dir(project, ctx, "promote")
         storage.write_json(output / "promotion.json", {"version": candidate.version, **asdict(decision)})
@@ -81,18 +97,12 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     existing = registry.version_for_run(client, name, ctx.run_id)
     if existing is not None:  # a retried task: registering again would create a duplicate version
         return existing
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=serving.ChatModel(),
-        artifacts={"model": result["model"]},
-        code_paths=[str(Path(__file__).parent)],
-        pip_requirements=[f"{package}=={version(package)}" for package in RUNTIME_REQUIREMENTS],
-        registered_model_name=name,
-    )
+    info = serving.log_chat_model(result["model"], name)
     model_version = client.get_model_version(name, str(info.registered_model_version))
     scores = result["scores"]["candidate"]
     train_config = (Path(result["model"]) / "train_config.json").read_text()
     tags = {**tracking.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
+            "data.partition_date": storage.read_manifest(result["dataset"])["partition_date"],
             "data.input_digest": result.get("data_input_digest", ""),
             "config.train": json.dumps(json.loads(train_config), sort_keys=True),
             "mlflow.parent_run_id": tracking.active_parent_id(),
@@ -102,34 +112,40 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     return client.get_model_version(name, model_version.version)
 
 
-def decide(config: PromoteConfig, scores: dict[str, dict[str, float]], champion, run_type: str = "manual") -> Decision:
-    metric, candidate = config.gate_metric, scores["candidate"]
-    incumbent_name, incumbent = _incumbent(scores, champion)
-    if incumbent is None:
-        return Decision(False, metric, candidate[metric], float("nan"), "none",
-                        "no champion and no base score to compare with", [])
-    checks, failed = [], []
-    margin = _gain(metric, candidate[metric], incumbent[metric])
-    gate_ok = margin > config.min_improvement
-    checks.append(f"{'PASS' if gate_ok else 'FAIL'} {metric}: {candidate[metric]:.3f} vs {incumbent_name} "
-                  f"{incumbent[metric]:.3f} (margin {margin:+.3f}, required > {config.min_improvement})")
-    for other, allowance in sorted(config.max_regression.items()):
-        if other not in candidate or other not in incumbent:
-            continue
-        change = _gain(other, candidate[other], incumbent[other])
-        ok = change >= -allowance
-        checks.append(f"{'PASS' if ok else 'FAIL'} {other}: {candidate[other]:.3f} vs {incumbent[other]:.3f} "
-                      f"(change {change:+.3f}, allowed >= {-allowance})")
-        failed += [] if ok else [f"{other} regressed by {-change:.3f} (> {allowance})"]
-    if run_type == "backfill" and not config.allow_backfill_promotion:
-        checks.append("FAIL run type: backfill runs do not move champion (allow_backfill_promotion=false)")
-        failed.append("backfill run")
-    promote = gate_ok and not failed
-    verdict = "beats" if gate_ok else "does not beat"
-    reason = f"{metric} {candidate[metric]:.3f} {verdict} {incumbent_name} {incumbent[metric]:.3f}"
-    if gate_ok and failed:
-        reason += "; blocked: " + "; ".join(failed)
-    return Decision(promote, metric, candidate[metric], incumbent[metric], incumbent_name, reason, checks)
+def check_champion_unchanged(champion, result: dict, own_version) -> None:
+    """Promote compares with the champion evaluate scored; if another run moved it since, that comparison is void.
+    (A retry of this task may find its own version already champion: that is not a move.)"""
+    if not result.get("champion_checked", "champion" in result["scores"]):
+        return  # evaluate was told not to score the champion: the gate uses its recorded scores
+    if champion is not None and own_version is not None and champion.version == own_version.version:
+        return
+    scored, now = result.get("champion_version"), (str(champion.version) if champion else None)
+    if scored != now:
+        raise ChampionMoved(f"champion is v{now or '-'} but evaluate scored v{scored or '-'}: clear the evaluate and "
+                            "promote tasks of this run to compare with the current champion")
+
+
+def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, champion) -> Evidence:
+    """Per-example statistics of tonight's replies (held-out and anchor sets) and the data each model was trained on.
+
+    Every key the gate will resample is checked first, so a set too small for the bootstrap stops the task before
+    anything is registered.
+    """
+    sets = {}
+    for name, file in (("held-out", "samples.parquet"), ("anchor", "samples_anchor.parquet")):
+        if (evaluation / file).exists():
+            table = pd.read_parquet(evaluation / file)
+            models = [m for m in ("candidate", "champion", "base") if m in table.columns]
+            sets[name] = significance.PairedSamples(table, models, name)
+    for key in [config.gate_metric, *config.max_regression]:
+        metric, _, prefix = significance.split_key(key)
+        samples = sets.get("anchor" if prefix == "anchor" else "held-out")
+        if samples is not None and len(samples.models) > 1 and metric in significance.RESAMPLED:
+            significance.check_supported(samples, key, config.min_examples)
+    weights = {name: significance.resample_weights(len(s), config.resamples, config.seed) for name, s in sets.items()}
+    champion_end = (champion.tags.get("data.partition_date") or champion.tags.get("airflow.logical_date")
+                    if champion is not None else None)
+    return Evidence(sets.get("held-out"), sets.get("anchor"), weights, manifest.get("partition_date"), champion_end)
 
 
 def apply(client: MlflowClient, name: str, candidate, decision: Decision) -> None:
@@ -137,14 +153,20 @@ def apply(client: MlflowClient, name: str, candidate, decision: Decision) -> Non
     if decision.promote:
         client.set_registered_model_alias(name, registry.CHAMPION, candidate.version)
     tags = {"promotion.decision": "promoted" if decision.promote else "rejected", "promotion.reason": decision.reason,
-            "promotion.incumbent": decision.incumbent_name, "promotion.checks": "\n".join(decision.checks)}
+            "promotion.incumbent": decision.incumbent_name, "promotion.checks": "\n".join(decision.checks),
+            **{f"gate.{c['metric']}": f"gain {c['gain']:+.4f} CI [{c['low']:+.4f}, {c['high']:+.4f}] p={c['p_value']:.4f} "
+               f"({c['set']}, {c['rule']} {c['threshold']:+g}: {'pass' if c['passed'] else 'fail'})"
+               for c in decision.comparisons}}
     for key, value in tags.items():
         client.set_model_version_tag(name, candidate.version, key, value)
     # Descriptions are what the registry pages of the UI show first: the decision in words, and what the model is.
     client.update_model_version(name, candidate.version, description=describe(decision, candidate))
     client.update_registered_model(name, description=MODEL_DESCRIPTION)
     mlflow.set_tags(tags)
-    tracking.log_to_parent(tags={**tags, "promotion.version": str(candidate.version)})
+    figures = {f"gate/{c['metric']}_{part}": c[part] for c in decision.comparisons for part in ("gain", "low", "high", "p_value")
+               if not math.isnan(c[part])}
+    mlflow.log_metrics(figures)
+    tracking.log_to_parent(figures, tags={**tags, "promotion.version": str(candidate.version)})
 
 
 MODEL_DESCRIPTION = (
@@ -165,18 +187,3 @@ def describe(decision: Decision, candidate) -> str:
              f"DAG run `{run}`, logical date {candidate.tags.get('airflow.logical_date', '-')}, "
              f"run type {candidate.tags.get('airflow.run_type', '-')}; data digest `{candidate.tags.get('data.digest', '-')}`."]
     return "\n".join(lines)
-
-
-def _incumbent(scores: dict, champion) -> tuple[str, dict | None]:
-    if "champion" in scores:  # scored tonight, on the same examples: the fair comparison
-        return f"champion v{champion.version if champion else '?'}", scores["champion"]
-    if champion is not None and any(k.startswith("metric.") for k in champion.tags):
-        recorded = {k.removeprefix("metric."): float(v) for k, v in champion.tags.items() if k.startswith("metric.")}
-        return f"champion v{champion.version} (recorded scores)", recorded
-    if "base" in scores:
-        return "base model", scores["base"]
-    return "none", None
-
-
-def _gain(metric: str, candidate: float, incumbent: float) -> float:
-    return (incumbent - candidate) if metric in LOWER_IS_BETTER else (candidate - incumbent)

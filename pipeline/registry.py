@@ -25,12 +25,27 @@ from pipeline.config import ProjectConfig, load_project
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
+class RegistryError(RuntimeError):
+    """The registry could not be asked (server down, database error): never the same as "no champion"."""
+
+
+def is_missing(exc: MlflowException) -> bool:
+    """True only for "this model / alias does not exist"; any other error (an outage) is not an answer."""
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    # A missing alias comes back as INVALID_PARAMETER_VALUE "Registered model alias champion not found."
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in exc.message and "not found" in exc.message
+
+
 def champion(client: MlflowClient, name: str):
-    """The champion model version, or None when nothing has been promoted yet."""
+    """The champion model version, or None when nothing has been promoted yet. Raises RegistryError otherwise."""
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None
+        raise RegistryError(f"model registry at {mlflow.get_tracking_uri()}: cannot read {name}@{CHAMPION}: "
+                            f"{exc.error_code}: {exc.message[:300]}") from exc
 
 
 def download_weights(name: str, version, destination: Path) -> Path:
@@ -43,8 +58,11 @@ def versions(client: MlflowClient, name: str) -> list:
     """All versions of a registered model, oldest first; none when the model is not registered yet."""
     try:
         found = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if is_missing(exc):
+            return []
+        raise RegistryError(f"model registry at {mlflow.get_tracking_uri()}: cannot list versions of {name}: "
+                            f"{exc.error_code}: {exc.message[:300]}") from exc
     return sorted(found, key=lambda v: int(v.version))
 
 
@@ -80,8 +98,9 @@ def list_versions(project: ProjectConfig) -> None:
     for alias in (CHAMPION, CHALLENGER):
         try:
             aliases.setdefault(int(client.get_model_version_by_alias(name, alias).version), []).append(alias)
-        except MlflowException:
-            pass
+        except MlflowException as exc:
+            if not is_missing(exc):
+                raise
     for v in versions(client, name):
         print(f"v{v.version:<4} {','.join(aliases.get(int(v.version), [])):20s} "
               f"{v.tags.get('airflow.logical_date', '-'):11s} bleu={v.tags.get('metric.bleu', '-'):8s} "
@@ -103,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         rollback(project, args.version, args.reason) if args.command == "rollback" else list_versions(project)
     except MlflowException as exc:
         print(f"registry error: {exc.message}", file=sys.stderr)
+        return 1
+    except RegistryError as exc:
+        print(f"registry error: {exc}", file=sys.stderr)
         return 1
     return 0
 
