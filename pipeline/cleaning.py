@@ -6,6 +6,7 @@ only the rare candidates that need a check RE2 cannot do (the Luhn sum of card n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -13,6 +14,8 @@ import unicodedata
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from pipeline import languages
 
 # Zero-width and control characters (but not \n and \t): invisible, yet they make equal texts differ.
 INVISIBLE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x{200b}-\x{200d}\x{2060}\x{feff}]"
@@ -90,15 +93,98 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def detect_language(texts: pa.Array, record: np.ndarray, records: int) -> np.ndarray:
-    """Per conversation, by script: most turns with kana -> ja, hangul -> ko, Han -> zh, otherwise en."""
-    codes = np.full(records, "en", dtype=object)
-    turns = np.bincount(record, minlength=records)
-    for code, pattern in (("zh", r"\p{Han}"), ("ko", r"\p{Hangul}"), ("ja", r"[\p{Hiragana}\p{Katakana}]")):
-        hits = pc.match_substring_regex(texts, pattern).to_numpy(zero_copy_only=False)
-        share = np.bincount(record, weights=hits.astype(float), minlength=records) / np.maximum(turns, 1)
-        codes[share > 0.5] = code
+def detect_language(texts: pa.Array, record: np.ndarray, records: int, needed: np.ndarray | None = None) -> np.ndarray:
+    """Per conversation (turns texts[record == i]), a language code of pipeline/languages.py or "und".
+    `needed` (a bool per conversation) limits the work to conversations whose language is not known already; the
+    others get "und" without costing lingua time.
+
+    The script at least half of its turns with letters are written in decides where one corpus language owns it
+    (Thai -> th, Hangul -> ko, Han -> zh, or ja when any turn has kana: Japanese writes Han too, Chinese never
+    kana); Latin, Cyrillic, Arabic and Devanagari are shared, so lingua tells apart the corpus languages written in
+    them. Scripts are checked rarest first: a Russian or Chinese turn quoting an English name is still Russian or
+    Chinese. Turns without letters ("1963") do not vote; no letters at all, or a script the corpus does not ship
+    (Greek, Georgian...), gives "und".
+    """
+    present = _scripts_present(texts)
+    kana = present.pop("Kana")
+    present["Han"] = np.maximum(present["Han"], kana)  # Chinese or Japanese; kana decides which
+    japanese = np.bincount(record, weights=kana, minlength=records) > 0
+    voters = np.bincount(record, weights=present.pop("letters"), minlength=records)
+    codes = np.full(records, languages.UNDETERMINED, dtype=object)
+    decided = voters == 0
+    for script, has in present.items():
+        mine = (np.bincount(record, weights=has, minlength=records) >= 0.5 * voters) & ~decided
+        codes[mine] = _SCRIPT_LANGUAGE.get(script, script)  # a shared script's name marks "ask lingua"
+        if script == "Han":
+            codes[mine & japanese] = "ja"
+        decided |= mine
+    if needed is not None:
+        codes[~needed] = languages.UNDETERMINED
+    shared = np.flatnonzero(np.isin(codes, _SHARED_SCRIPTS))
+    if len(shared):
+        codes[shared] = _identify(_conversation_samples(texts, record, shared))
     return codes
+
+
+# Script -> its one corpus language; Han is zh and zh-Hant, but lingua cannot tell those apart either: zh.
+_SCRIPT_LANGUAGE = {
+    **{script: codes[0] for script, codes in languages.codes_by_script().items() if len(codes) == 1}, "Han": "zh"}
+_SHARED_SCRIPTS = sorted(set(languages.codes_by_script()) - set(_SCRIPT_LANGUAGE))
+# Rarest first, Latin (which the others quote) last; kana is looked for apart from Han, as it decides ja vs zh.
+_SCRIPT_ORDER = ["Kana", "Hangul", "Thai", "Hebrew", "Bengali", "Oriya", "Tamil", "Telugu", "Devanagari", "Arabic",
+                 "Cyrillic", "Han"]
+_SCRIPT_PATTERN = {"Kana": r"[\p{Hiragana}\p{Katakana}]"}
+_LINGUA_SAMPLE_CHARS = 150  # enough to tell languages apart; lingua's time grows with the text
+
+
+def _scripts_present(texts: pa.Array) -> dict[str, np.ndarray]:
+    """Which turns (1.0 / 0.0) hold a letter of each script, in _SCRIPT_ORDER, then Latin, then any letter. Each RE2
+    pass costs ~0.3 s per million turns, so only turns with a non-Latin letter get the per-script passes."""
+    other = _matches(texts, r"[^\p{Latin}\P{L}]")
+    rows = np.flatnonzero(other)
+    subset = texts.take(pa.array(rows))
+    present = {}
+    for script in _SCRIPT_ORDER:
+        present[script] = np.zeros(len(texts))
+        present[script][rows] = _matches(subset, _SCRIPT_PATTERN.get(script, rf"\p{{{script}}}"))
+    present["Latin"] = _matches(texts, r"\p{Latin}")
+    present["letters"] = np.maximum(present["Latin"], other)
+    return present
+
+
+def _matches(texts: pa.Array, pattern: str) -> np.ndarray:
+    return pc.fill_null(pc.match_substring_regex(texts, pattern), False).to_numpy(zero_copy_only=False).astype(float)
+
+
+def _conversation_samples(texts: pa.Array, record: np.ndarray, chosen: np.ndarray) -> list[str]:
+    """The first turns of each chosen conversation, joined, cut to what language identification needs."""
+    rows = np.flatnonzero(np.isin(record, chosen))
+    samples = dict.fromkeys(chosen.tolist(), "")
+    for owner, text in zip(record[rows].tolist(), texts.take(pa.array(rows)).to_pylist(), strict=True):
+        if len(samples[owner]) < _LINGUA_SAMPLE_CHARS:
+            samples[owner] = f"{samples[owner]}\n{text}" if samples[owner] else text
+    return [samples[i][:_LINGUA_SAMPLE_CHARS] for i in chosen.tolist()]
+
+
+def _identify(samples: list[str]) -> list[str]:
+    """lingua's verdict among the corpus languages of the shared scripts; "und" where it finds no language.
+    Each distinct sample is asked once: lingua costs ~0.1-0.4 ms per sample, and greetings repeat all night."""
+    detector, code_of = _detector()
+    distinct = list(dict.fromkeys(samples))
+    found = dict(zip(distinct, detector.detect_languages_in_parallel_of(distinct), strict=True))
+    return [code_of.get(found[sample], languages.UNDETERMINED) for sample in samples]
+
+
+@functools.cache
+def _detector():
+    """Built on first use, not at import: its models load lazily, but ingest of a CJK-only night never needs it."""
+    import lingua
+
+    # lingua names languages as the corpus names its directories. Hinglish has no lingua model: a Hinglish record
+    # without a language field comes out as some Latin-script language. Oriya is decided by its script alone.
+    code_of = {getattr(lingua.Language, directory.upper()): code for directory, (code, script) in languages.CORPUS.items()
+               if script in _SHARED_SCRIPTS and hasattr(lingua.Language, directory.upper())}
+    return lingua.LanguageDetectorBuilder.from_languages(*code_of).build(), code_of
 
 
 def near_duplicate_text(texts: pa.Array) -> pa.Array:

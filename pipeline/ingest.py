@@ -134,7 +134,8 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
     texts, record = texts.filter(pa.array(keep_turn)), np.repeat(np.arange(len(kept)), sizes)
     turn_index, text_list = turn_index[keep_turn], texts.to_pylist()
 
-    detected = cleaning.detect_language(texts, record, len(kept))
+    # Only records that do not state their language cost identification time (chatterbot's directories state it).
+    detected = cleaning.detect_language(texts, record, len(kept), needed=np.array([c.language is None for c in kept]))
     languages = [c.language or detected[i] for i, c in enumerate(kept)]
     ends = np.cumsum(sizes)
     starts = ends - sizes

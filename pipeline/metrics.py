@@ -1,47 +1,58 @@
-"""BLEU / ROUGE / chrF that are correct for Chinese as well as English.
+"""BLEU / ROUGE / chrF that are correct in every language the chatterbot corpus ships, whatever its script.
 
 chrF comes twice: `chrf` is sacrebleu's default chrF2 (beta=2: recall weighs 4x precision), the number papers
 quote; `chrf1` (beta=1) weighs both equally. In open dialogue chrF2 rewards length, not quality: on the embedded
 test set, appending the base model's unrelated reply to every candidate reply raised chrF2 from 10.9 to 16.4
 (chrF1: 13.2 -> 11.0), and the base model's replies to *other* prompts scored 9.4 chrF2. So chrF2 is reported and
-chrF1 is what the promotion gate guards (README, "Why chrF1").
+chrF1 is what the promotion gate guards (README, "Why chrF1"). chrF works on characters, so it needs no tokenizer.
 
-sacrebleu's default '13a' tokenizer and rouge_score's default tokenizer (which keeps only [a-z0-9]) both score
-Chinese as 0 even for identical sentences. Each text is tokenized for its own language first: sacrebleu's 'zh'
-tokenizer for BLEU, and characters for CJK ROUGE; the overall corpus BLEU is then computed on those tokens.
+BLEU and ROUGE count tokens, and the stock tokenizers only know spaced Latin text: sacrebleu's '13a' makes a whole
+Chinese or Thai sentence one token (a partly right reply scores 0), and rouge_score keeps only [a-z0-9]. Each
+*character* is tokenized by its own script, not by the record's language, so mixed text (an English name in a
+Chinese reply) and mislabeled records still score right:
+
+| script | BLEU tokens | ROUGE tokens |
+|---|---|---|
+| no spaces between words: Han, Hiragana, Katakana, Thai, Lao, Khmer, Myanmar | one per character, its combining marks kept with it (Thai ดี is one token, not two) | the same |
+| spaced words: Latin, Cyrillic, Greek, Hangul, Devanagari, Bengali, Oriya, Tamil, Telugu, Hebrew, Arabic, ... | words, with punctuation and symbols split off (sacrebleu's 'intl' tokenizer: Unicode punctuation such as । ، ， too; '13a' only knows ASCII) | words of letters, digits and combining marks, lower-cased; punctuation dropped |
+
+Combining marks matter: Python's `re` \w does not match them (categories Mn/Mc), so `\w+` cut नमस्ते into नमस + त
+and every Indic or Thai word at its vowel signs; the patterns below use the `regex` module's \p{M}. Scripts are
+Unicode Script_Extensions, so the kana length mark ー counts as kana. The overall corpus BLEU is computed on these
+tokens, with sacrebleu told not to tokenize again.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
+import regex
 import sacrebleu
 from rouge_score import rouge_scorer
-from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
+from sacrebleu.tokenizers.tokenizer_intl import TokenizerV14International
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-_BLEU_TOKENIZERS = {"zh": TokenizerZh(), "default": Tokenizer13a()}
+from pipeline import languages as language_codes
 
-
-def is_cjk(language: str) -> bool:
-    return language.split("-")[0] in ("zh", "ja", "ko")
+_NO_SPACE_SCRIPTS = r"\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Thai}\p{scx=Lao}\p{scx=Khmer}\p{scx=Myanmar}"
+# One letter or digit of a script without word spaces, with the combining marks that belong to it.
+_CHARACTER = rf"[[{_NO_SPACE_SCRIPTS}]&&[\p{{L}}\p{{N}}]]\p{{M}}*"
+# A run of letters, digits and marks of the spaced scripts; ZWNJ/ZWJ sit inside Persian and Indic words.
+_WORD = rf"[[\p{{L}}\p{{N}}\p{{M}}\u200c\u200d]--[{_NO_SPACE_SCRIPTS}]]+"
+_CHARACTER_RE = regex.compile(_CHARACTER, regex.V1)
+_ROUGE_TOKEN_RE = regex.compile(f"{_CHARACTER}|{_WORD}", regex.V1)
+_INTL = TokenizerV14International()
 
 
 def bleu_tokens(text: str, language: str) -> str:
-    tokenizer = _BLEU_TOKENIZERS["zh" if is_cjk(language) else "default"]
-    return tokenizer(text.strip())
+    """Space-joined BLEU tokens. `language` is accepted for callers but unused: tokens follow each character's script."""
+    return _INTL(_CHARACTER_RE.sub(r" \g<0> ", text.strip()))
 
 
 class RougeTokenizer:
-    """Lower-cased words; every CJK character is its own token (Chinese has no spaces)."""
+    """Lower-cased words of spaced scripts and single characters of unspaced ones; punctuation is not a token."""
 
     def tokenize(self, text: str) -> list[str]:
-        tokens = []
-        for word in re.findall(r"\w+", text.lower()):
-            tokens.extend(_CJK.sub(lambda m: f" {m.group(0)} ", word).split())
-        return tokens
+        return _ROUGE_TOKEN_RE.findall(text.lower())
 
 
 _CHRF1 = sacrebleu.metrics.CHRF(beta=1)
@@ -57,7 +68,7 @@ def score(hypotheses: list[str], references: list[str], languages: list[str]) ->
     """Corpus metrics overall and per language: bleu, chrf, rouge1/2/L (F1, x100), reply_words; keys like bleu_zh."""
     groups = defaultdict(list)
     for index, language in enumerate(languages):
-        groups[language.split("-")[0]].append(index)
+        groups[language_codes.primary(language)].append(index)
     results = _score_group(hypotheses, references, languages)
     for language, indices in sorted(groups.items()):
         pick = [hypotheses[i] for i in indices], [references[i] for i in indices], [languages[i] for i in indices]
@@ -68,7 +79,7 @@ def score(hypotheses: list[str], references: list[str], languages: list[str]) ->
 def _score_group(hypotheses, references, languages) -> dict[str, float]:
     hyp_tokens = [bleu_tokens(h, lang) for h, lang in zip(hypotheses, languages, strict=True)]
     ref_tokens = [bleu_tokens(r, lang) for r, lang in zip(references, languages, strict=True)]
-    # force: the text is tokenized on purpose (per language, above), which sacrebleu would otherwise warn about
+    # force: the text is tokenized on purpose (per script, above), which sacrebleu would otherwise warn about
     bleu = sacrebleu.corpus_bleu(hyp_tokens, [ref_tokens], tokenize="none", force=True).score
     chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
     chrf1 = _CHRF1.corpus_score(hypotheses, [references]).score

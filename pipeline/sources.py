@@ -27,13 +27,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import objectstore, storage
+from pipeline import languages, objectstore, storage
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("chatterbot", "openai", "sharegpt")
-# chatterbot-corpus directory names -> the language codes used in metrics and reports.
-LANGUAGE_CODES = {"english": "en", "chinese": "zh", "traditionalchinese": "zh-Hant", "japanese": "ja"}
 # Speaker names in the wild -> canonical roles. Anything else (tool, function, ...) is rejected by name.
 ROLE_NAMES = {
     "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "chatgpt": "assistant",
@@ -286,7 +284,10 @@ def _read_chatterbot(source: SourceConfig, run_date: str, partitions: list[Parti
         files = sorted((root / language).glob("*.yml"))
         if not files:
             raise SourceError(f"{root / language}: no *.yml files for language {language!r}")
-        code = LANGUAGE_CODES.get(language, language)
+        try:
+            code = languages.code_for(language)  # a record's language is a code (en, zh-Hant), never "english"
+        except ValueError as exc:
+            raise SourceError(f"{root / language}: {exc}") from exc
         for path in files:
             name = f"{shown}/{language}/{path.name}"
             partition.files.append({"uri": name, **_digest_file(path)})

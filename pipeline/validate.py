@@ -104,7 +104,7 @@ def contract(config: ValidateConfig) -> dict[str, list]:
                  gxe.ExpectColumnValuesToBeInSet(column="role", value_set=config.roles)),
             rule("split_values", "train/evaluate select rows by these names",
                  gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLITS)),
-            rule("languages", "metrics tokenize per language (CJK needs its own tokenizer)",
+            rule("languages", "only languages the night is configured for (und: not identified)",
                  gxe.ExpectColumnValuesToBeInSet(column="language", value_set=config.languages)),
             rule("text_length", "empty replies teach silence; huge ones blow the context and memory",
                  gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, max_value=config.max_text_chars)),

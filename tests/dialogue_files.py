@@ -11,7 +11,7 @@ def openai_record(number: int, turns: int = 2, language: str = "en") -> dict:
     messages = []
     for index in range(turns):
         role = "user" if index % 2 == 0 else "assistant"
-        text = f"问题 {number} 第 {index} 句。" if language == "zh" else f"Message {index} of dialogue {number}."
+        text = f"问题 {number} 第 {index} 句。" if language == "zh" else f"This is message {index} of the dialogue number {number}."
         messages.append({"role": role, "content": text})
     return {"messages": messages}
 

@@ -51,9 +51,21 @@ def test_numbers_that_are_not_pii_stay(text):
 
 
 def test_language_by_script_per_conversation():
-    texts = _texts("hello", "你好", "你好吗", "我很好", "こんにちは", "元気です", "안녕하세요", "네")
-    record = np.array([0, 0, 1, 1, 2, 2, 3, 3])
-    assert cleaning.detect_language(texts, record, 4).tolist() == ["en", "zh", "ja", "ko"]
+    texts = _texts("Hello, how are you today?", "1963", "你好吗", "我很好", "株式市場", "あなた自身に投資する。",
+                   "안녕하세요", "네", "สวัสดี", "ดีจ้า", "שלום", "מה שלומך?", "வணக்கம்", "நன்றி")
+    record = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6])
+    # a turn without letters does not vote; one kana turn makes Han text Japanese (Chinese never writes kana)
+    assert cleaning.detect_language(texts, record, 7).tolist() == ["en", "zh", "ja", "ko", "th", "he", "ta"]
+
+
+def test_a_script_quoting_latin_names_keeps_its_language():
+    texts = _texts("我喜欢Python和GPU", "Python很好", "Я люблю Python", "Python хороший язык")
+    assert cleaning.detect_language(texts, np.array([0, 0, 1, 1]), 2).tolist() == ["zh", "ru"]
+
+
+def test_undetermined_without_letters_or_in_a_script_the_corpus_lacks():
+    texts = _texts("12345", "\U0001f600 !!", "Γεια σου, τι κάνεις;", "Καλά, ευχαριστώ.")
+    assert cleaning.detect_language(texts, np.array([0, 0, 1, 1]), 2).tolist() == ["und", "und"]
 
 
 def test_near_duplicate_text_ignores_case_punctuation_and_width():
@@ -68,3 +80,9 @@ def test_digests_and_split_buckets_are_stable():
     buckets = cleaning.split_buckets([f"id{i}" for i in range(2000)])
     assert buckets.tolist() == cleaning.split_buckets([f"id{i}" for i in range(2000)]).tolist()
     assert 0 <= buckets.min() and buckets.max() < 1 and abs(buckets.mean() - 0.5) < 0.05
+
+
+def test_only_needed_conversations_are_identified():
+    texts = _texts("Hola, ¿cómo estás?", "Muy bien, gracias.", "Good morning, how are you?", "Fine, thanks.")
+    needed = np.array([True, False])
+    assert cleaning.detect_language(texts, np.array([0, 0, 1, 1]), 2, needed).tolist() == ["es", "und"]

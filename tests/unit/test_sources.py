@@ -37,7 +37,7 @@ def test_openai_jsonl_bad_lines_are_rejected_by_line_and_rule(tmp_path):
     ])
     conversations, rejected, partitions = _read(SourceConfig(format="openai", uri=str(path)))
     assert [c.origin for c in conversations] == [f"{path}:1", f"{path}:2", f"{path}:13"]
-    assert conversations[2].messages[0] == ("user", "Message 0 of dialogue 3.")  # leading system turn dropped
+    assert conversations[2].messages[0] == ("user", "This is message 0 of the dialogue number 3.")  # leading system turn dropped
     assert conversations[2].language == "en" and conversations[0].language is None
     reasons = {r.origin.rsplit(":", 1)[1]: r.reason for r in rejected}
     assert reasons["4"].startswith("malformed JSON: Unterminated string")
@@ -73,7 +73,7 @@ def test_window_reads_the_logical_date_and_days_before(tmp_path):
     source = SourceConfig(format="openai", uri=str(tmp_path), partitioned=True)
     conversations, _, partitions = _read(source, window_days=3)
     assert [(c.partition_date, c.messages[0][1]) for c in conversations] == [
-        ("2026-11-22", "Message 0 of dialogue 2."), ("2026-11-20", "Message 0 of dialogue 1.")]
+        ("2026-11-22", "This is message 0 of the dialogue number 2."), ("2026-11-20", "This is message 0 of the dialogue number 1.")]
     assert [p.partition_date for p in partitions] == ["2026-11-22", "2026-11-20"]
     assert sources.window("2026-03-01", 2) == ["2026-03-01", "2026-02-28"]
 
