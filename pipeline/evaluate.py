@@ -3,9 +3,13 @@
     python -m pipeline evaluate --config configs/embedded.yaml --run-date 2026-11-22 \
         --dataset data/conversations/dt=2026-11-22 --model runs/<dag>/<run>/train/model
 
-Greedy replies are scored with BLEU, chrF and ROUGE-1/2/L (language-aware, see metrics) overall and per language,
-plus perplexity of the reference replies. Metric names are `<model>/<metric>[_<lang>]`, the same every night, so
-the MLflow compare view lines runs up. Prints the directory holding evaluation.json for the promote task.
+Greedy replies are scored with BLEU, chrF and ROUGE-1/2/L (language-aware, see metrics) and embedding similarity
+(meaning, see similarity) overall and per language, plus perplexity of the reference replies. Each model is scored
+twice with the same loaded weights: on the rolling held-out split, and on the fixed outside anchor set (anchor.py),
+whose scores are `anchor_<metric>`. Metric names are `<model>/[anchor_]<metric>[_<lang>]`, the same every night, so
+the MLflow compare view lines runs up. Per-example replies and similarities are in samples.parquet (held-out) and
+samples_anchor.parquet (columns language, prompt, reference, <model>, <model>_similarity) for promote's bootstrap.
+Prints the directory holding evaluation.json for the promote task.
 """
 
 from __future__ import annotations
@@ -23,7 +27,18 @@ import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import chat_data, generation, metrics, models, progress, registry, storage, tracking
+from pipeline import (
+    anchor,
+    chat_data,
+    generation,
+    metrics,
+    models,
+    progress,
+    registry,
+    similarity,
+    storage,
+    tracking,
+)
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
@@ -40,6 +55,13 @@ class EvaluateConfig:
         default=True, metadata={"help": "Also score the current champion (if any) on the same examples."}
     )
     max_seq_length: int = field(default=256, metadata={"help": "Truncation for the perplexity pass."})
+    anchor: dict | None = field(
+        default=None, metadata={"help": "Fixed outside set scored every night (anchor.AnchorConfig); null: none."}
+    )
+
+    def __post_init__(self):
+        if self.anchor is not None:
+            anchor.settings(self.anchor)  # its keys and types are checked when the config loads, not at scoring time
 
 
 def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset: str, model: str) -> Path:
@@ -47,22 +69,51 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
         mlflow.log_params(as_params(config, "evaluate"))
         turns = pd.read_parquet(Path(dataset) / "turns.parquet")
         tracking.log_dataset(Path(dataset), storage.read_manifest(dataset), context="evaluation")
-        examples = chat_data.eval_examples(turns, config.split)[: config.max_examples]
+        # Every rule on the evaluation sets is checked before the first (minutes-long) model is loaded.
+        examples = held_out_examples(turns, config, dataset)
+        anchor_set = anchor_examples(config, turns)
         others, champion_version = incumbents(config, project, ctx)
         contenders = {"candidate": model, **others}
-        scores, samples = {}, pd.DataFrame({
-            "conversation_id": [e.conversation_id for e in examples], "language": [e.language for e in examples],
-            "prompt": [e.history[-1]["content"] for e in examples], "reference": [e.reference for e in examples],
-        })
+        scores, samples = {}, sample_table(examples)
+        anchor_samples = sample_table(anchor_set.examples if anchor_set else [])
         candidate_prompt = trained_system_prompt(model)
         for name, reference in contenders.items():
             # Each fine-tuned model is prompted as it was trained; the base model as tonight's candidate.
             system_prompt = trained_system_prompt(reference) if name == "champion" else candidate_prompt
-            scores[name], samples[name] = evaluate_model(reference, examples, turns, config, system_prompt, name)
+            scores[name], columns, anchor_columns = evaluate_model(
+                reference, examples, turns, config, system_prompt, name, anchor_set.examples if anchor_set else [])
+            samples = samples.assign(**columns)
+            anchor_samples = anchor_samples.assign(**anchor_columns)
         shutil.rmtree(storage.run_dir(project, ctx, "evaluate_champion"), ignore_errors=True)  # a 0.5 GB copy
-        output = write_outputs(scores, samples, project, ctx, dataset, model, champion_version)
-        log_results(scores, samples)
+        output = write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, dataset, model,
+                               champion_version, config.evaluate_champion)
+        log_results(scores, samples, anchor_samples)
     return output
+
+
+def held_out_examples(turns: pd.DataFrame, config: EvaluateConfig, dataset: str) -> list[chat_data.EvalExample]:
+    examples = chat_data.eval_examples(turns, config.split)[: config.max_examples]
+    if not examples:
+        raise anchor.EvaluationSetError(
+            f"held-out set {config.split!r} of {dataset} has 0 examples; rule: an evaluation set holds at least one "
+            f"assistant reply to score (check ingest's {config.split}_fraction and validate's min_conversations)")
+    return examples
+
+
+def anchor_examples(config: EvaluateConfig, turns: pd.DataFrame) -> anchor.AnchorSet | None:
+    if config.anchor is None:
+        return None
+    anchor_set = anchor.load(anchor.settings(config.anchor))  # digest checked: a changed source stops the stage
+    anchor.assert_not_trained_on(anchor_set, turns)
+    mlflow.log_params({"evaluate.anchor_digest": anchor_set.digest, "evaluate.anchor_examples": len(anchor_set.examples)})
+    return anchor_set
+
+
+def sample_table(examples: list[chat_data.EvalExample]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "conversation_id": [e.conversation_id for e in examples], "language": [e.language for e in examples],
+        "prompt": [e.history[-1]["content"] for e in examples], "reference": [e.reference for e in examples],
+    })
 
 
 def incumbents(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext) -> tuple[dict[str, str], str | None]:
@@ -85,25 +136,49 @@ def trained_system_prompt(model_dir: str) -> str | None:
     return json.loads((Path(model_dir) / "train_config.json").read_text()).get("train.system_prompt")
 
 
-def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt, name: str = "model"):
+def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt, name: str = "model",
+                   anchor_examples: list[chat_data.EvalExample] = ()):
+    """One model's scores on the held-out examples and, with the weights loaded once, on the anchor examples (keys
+    `anchor_*`); plus per-example sample columns (`<name>`: reply, `<name>_similarity`) of each set."""
     tokenizer = models.load_tokenizer(reference)
     model = models.load_model(reference)  # fp32: batched greedy then matches one-at-a-time decoding
+    scores, columns = score_examples(model, tokenizer, examples, config, system_prompt, name)
+    scores["perplexity"] = reference_perplexity(model, tokenizer, turns, config, system_prompt)
+    anchor_columns = {}
+    if anchor_examples:
+        anchor_scores, anchor_columns = score_examples(
+            model, tokenizer, anchor_examples, config, system_prompt, name, label=f"{name} anchor")
+        dialogues = [[*e.history, {"role": "assistant", "content": e.reference}] for e in anchor_examples]
+        anchor_scores["perplexity"] = dialogue_perplexity(model, tokenizer, dialogues, config, system_prompt)
+        scores.update({f"anchor_{key}": value for key, value in anchor_scores.items()})
+    log.info("%s: %s", reference, {k: round(v, 2) for k, v in scores.items() if "_" not in k.removeprefix("anchor_")})
+    return scores, columns, anchor_columns
+
+
+def score_examples(model, tokenizer, examples, config: EvaluateConfig, system_prompt, name: str, label: str = ""):
+    """Greedy replies to `examples`: corpus scores (n-gram metrics and similarity) and the per-example columns."""
     replies = generation.generate_replies(
         model, tokenizer, [e.history for e in examples], system_prompt, config.max_new_tokens, config.batch_size,
-        on_batch=functools.partial(progress.generation, name),  # which model, batch i/n, replies so far
+        on_batch=functools.partial(progress.generation, label or name),  # which model, batch i/n, replies so far
     )
-    scores = metrics.score(replies, [e.reference for e in examples], [e.language for e in examples])
-    scores["perplexity"] = reference_perplexity(model, tokenizer, turns, config, system_prompt)
-    log.info("%s: %s", reference, {k: round(v, 2) for k, v in scores.items() if "_" not in k})
-    return scores, replies
+    references, languages = [e.reference for e in examples], [e.language for e in examples]
+    per_example = similarity.cosines(replies, references)
+    scores = {**metrics.score(replies, references, languages), **similarity.score(per_example, languages)}
+    return scores, {name: replies, f"{name}_similarity": per_example}
+
+
+def reference_perplexity(model, tokenizer, turns, config: EvaluateConfig, system_prompt) -> float:
+    """exp(mean NLL) of the reference assistant tokens given their history, over the evaluation split."""
+    dialogues = [messages for _, _, messages in chat_data.conversations(turns, config.split)[: config.max_examples]]
+    return dialogue_perplexity(model, tokenizer, dialogues, config, system_prompt)
 
 
 @torch.inference_mode()
-def reference_perplexity(model, tokenizer, turns, config: EvaluateConfig, system_prompt) -> float:
-    """exp(mean NLL) of the reference assistant tokens given their history, over the evaluation split."""
+def dialogue_perplexity(model, tokenizer, dialogues: list[list[dict]], config: EvaluateConfig, system_prompt) -> float:
+    """exp(mean NLL) of the assistant tokens of `dialogues`, each given the turns before it."""
     encoded = [
         chat_data.tokenize_conversation(tokenizer, messages, config.max_seq_length, system_prompt)
-        for _, _, messages in chat_data.conversations(turns, config.split)[: config.max_examples]
+        for messages in dialogues
     ]
     encoded = [e for e in encoded if e is not None]
     total_nll, total_tokens = 0.0, 0
@@ -120,22 +195,31 @@ def reference_perplexity(model, tokenizer, turns, config: EvaluateConfig, system
     return math.exp(total_nll / max(total_tokens, 1))
 
 
-def write_outputs(scores, samples, project, ctx, dataset, model, champion_version) -> Path:
+def write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, dataset, model, champion_version,
+                  champion_checked: bool) -> Path:
     final, manifest = storage.run_dir(project, ctx, "evaluate"), storage.read_manifest(dataset)
+    files = ["evaluation.json", "samples.parquet"] + (["samples_anchor.parquet"] if anchor_set else [])
     with storage.atomic_dir(final) as scratch:
         samples.to_parquet(scratch / "samples.parquet", index=False)
+        if anchor_set:
+            anchor_samples.to_parquet(scratch / "samples_anchor.parquet", index=False)
         storage.write_json(scratch / "evaluation.json", {
             "scores": scores, "examples": len(samples), "model": str(model), "dataset": str(dataset),
             "data_digest": manifest["digest"], "data_input_digest": manifest.get("input_digest", ""),
-            "champion_version": champion_version,
+            # Whether evaluate looked for a champion (None then means "there was none"): promote re-checks it.
+            "champion_version": champion_version, "champion_checked": champion_checked,
+            "anchor": anchor_set and {"name": anchor_set.name, "digest": anchor_set.digest,
+                                      "source": anchor_set.source, "examples": len(anchor_set.examples)},
         })
-        storage.write_json(scratch / storage.MANIFEST, {"files": ["evaluation.json", "samples.parquet"]})
+        storage.write_json(scratch / storage.MANIFEST, {"files": files})
     return final
 
 
-def log_results(scores: dict[str, dict[str, float]], samples: pd.DataFrame) -> None:
+def log_results(scores: dict[str, dict[str, float]], samples: pd.DataFrame, anchor_samples: pd.DataFrame) -> None:
     flat = {f"{name}/{metric}": value for name, values in scores.items() for metric, value in values.items()}
     mlflow.log_metrics(flat)
-    mlflow.log_metric("evaluate/examples", len(samples))
+    mlflow.log_metrics({"evaluate/examples": len(samples), "evaluate/anchor_examples": len(anchor_samples)})
     mlflow.log_table(samples, artifact_file="eval_samples.json")
+    if len(anchor_samples):
+        mlflow.log_table(anchor_samples, artifact_file="eval_samples_anchor.json")
     tracking.log_to_parent(flat)

@@ -52,14 +52,15 @@ CODES = {directory: code for directory, (code, _) in CORPUS.items()}
 _TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 
 
-def code_for(directory: str) -> str:
-    """The language code of a corpus directory; a directory named by a code already (a custom corpus) is kept."""
+def code_for(directory: str, error: type[Exception] = ValueError, where=None) -> str:
+    """The language code of a corpus directory; a directory named by a code already (a custom corpus) is kept.
+    An unknown name raises `error`, prefixed with `where` (the directory's path) when given."""
     if directory in CODES:
         return CODES[directory]
     if _TAG.fullmatch(directory):
         return directory
-    raise ValueError(f"unknown chatterbot language directory {directory!r}: known are {', '.join(sorted(CODES))}"
-                     " (or name the directory by its language code, e.g. 'en')")
+    raise error(f"{f'{where}: ' if where else ''}unknown chatterbot language directory {directory!r}: known are "
+                f"{', '.join(sorted(CODES))} (or name the directory by its language code, e.g. 'en')")
 
 
 def primary(code: str) -> str:

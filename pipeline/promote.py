@@ -106,7 +106,8 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
             "data.input_digest": result.get("data_input_digest", ""),
             "config.train": json.dumps(json.loads(train_config), sort_keys=True),
             "mlflow.parent_run_id": tracking.active_parent_id(),
-            **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k}}
+            # overall metrics, held-out and anchor (the report's history chart reads metric.anchor_*)
+            **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k.removeprefix("anchor_")}}
     for key, value in tags.items():
         client.set_model_version_tag(name, model_version.version, key, value)
     return client.get_model_version(name, model_version.version)

@@ -284,10 +284,7 @@ def _read_chatterbot(source: SourceConfig, run_date: str, partitions: list[Parti
         files = sorted((root / language).glob("*.yml"))
         if not files:
             raise SourceError(f"{root / language}: no *.yml files for language {language!r}")
-        try:
-            code = languages.code_for(language)  # a record's language is a code (en, zh-Hant), never "english"
-        except ValueError as exc:
-            raise SourceError(f"{root / language}: {exc}") from exc
+        code = languages.code_for(language, SourceError, where=root / language)  # en, zh-Hant; never "english"
         for path in files:
             name = f"{shown}/{language}/{path.name}"
             partition.files.append({"uri": name, **_digest_file(path)})

@@ -1,5 +1,7 @@
-"""Reference perplexity is exp of the mean NLL of the assistant tokens, i.e. what the model's own loss reports."""
+"""Reference perplexity is exp of the mean NLL of the assistant tokens, i.e. what the model's own loss reports;
+broken evaluation sets stop the stage before any model is scored."""
 
+import json
 import math
 
 import pandas as pd
@@ -7,6 +9,8 @@ import pytest
 import torch
 
 from pipeline import chat_data, evaluate, models
+from pipeline.anchor import EvaluationSetError
+from pipeline.config import ProjectConfig, RunContext
 
 
 def test_perplexity_matches_the_models_own_loss(tiny_model_dir):
@@ -28,3 +32,33 @@ def test_perplexity_matches_the_models_own_loss(tiny_model_dir):
         nll, count = nll + loss * tokens, count + tokens
     assert ours == pytest.approx(math.exp(nll / count), rel=1e-4)
     assert 1 < ours < 2 * len(tokenizer)  # an untrained model is about as unsure as the vocabulary is large
+
+
+def _dataset(tmp_path, splits):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    pd.DataFrame({"conversation_id": ["a", "a"], "turn_index": [0, 1], "role": ["user", "assistant"],
+                  "text": ["Hello", "Hi there!"], "language": ["en", "en"], "split": splits}).to_parquet(
+        dataset / "turns.parquet")
+    (dataset / "manifest.json").write_text(json.dumps(
+        {"dataset": "conversations", "partition_date": "2026-11-22", "digest": "abc" * 8}))
+    return dataset
+
+
+@pytest.mark.parametrize(("splits", "anchor", "message"), [
+    (["train"] * 2, None, r"held-out set 'test' of .* has 0 examples; rule: an evaluation set holds at least one"),
+    (["test"] * 2, {"package": "chitchat_dataset", "size": 8, "name": "chitchat-8", "digest": "f" * 64},
+     r"anchor set 'chitchat-8' .* changed: expected digest f{64}, actual [0-9a-f]{64}"),
+])
+def test_a_broken_evaluation_set_stops_the_stage_before_any_model_is_scored(tmp_path, monkeypatch, splits, anchor,
+                                                                            message):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded or scored before the evaluation sets were checked")
+
+    monkeypatch.setattr(evaluate, "incumbents", no_model)
+    monkeypatch.setattr(evaluate, "evaluate_model", no_model)
+    project = ProjectConfig(runs_root=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                            artifact_root=str(tmp_path / "artifacts"))
+    config = evaluate.EvaluateConfig(anchor=anchor)
+    with pytest.raises(EvaluationSetError, match=message):
+        evaluate.run(config, project, RunContext("2026-11-22", "night-1"), str(_dataset(tmp_path, splits)), "model")
