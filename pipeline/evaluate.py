@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pipeline import (
     anchor,
     chat_data,
     generation,
+    languages,
     metrics,
     models,
     progress,
@@ -57,6 +59,9 @@ class EvaluateConfig:
     max_seq_length: int = field(default=256, metadata={"help": "Truncation for the perplexity pass."})
     anchor: dict | None = field(
         default=None, metadata={"help": "Fixed outside set scored every night (anchor.AnchorConfig); null: none."}
+    )
+    min_examples_per_language: int | None = field(
+        default=10, metadata={"help": "Fewest held-out replies per language (promote's bootstrap); null: no check."}
     )
 
     def __post_init__(self):
@@ -97,6 +102,13 @@ def held_out_examples(turns: pd.DataFrame, config: EvaluateConfig, dataset: str)
         raise anchor.EvaluationSetError(
             f"held-out set {config.split!r} of {dataset} has 0 examples; rule: an evaluation set holds at least one "
             f"assistant reply to score (check ingest's {config.split}_fraction and validate's min_conversations)")
+    counts = Counter(languages.primary(e.language) for e in examples)
+    few = {lang: n for lang, n in sorted(counts.items()) if n < (config.min_examples_per_language or 0)}
+    if few:
+        raise anchor.EvaluationSetError(
+            f"held-out set {config.split!r} of {dataset}: {', '.join(f'{k}: {n}' for k, n in few.items())} examples; "
+            f"rule: at least {config.min_examples_per_language} per language (evaluate.min_examples_per_language), "
+            "or per-language scores and promote's bootstrap are noise (raise max_examples or drop the language)")
     return examples
 
 

@@ -17,6 +17,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+# As Airflow's own processes do (the DAG imports chat_retrain/ beside it): a test tier run alone must import the DAG.
+sys.path.insert(0, str(REPO / "dags"))
 
 
 def pytest_configure(config):

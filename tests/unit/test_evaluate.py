@@ -45,13 +45,14 @@ def _dataset(tmp_path, splits):
     return dataset
 
 
-@pytest.mark.parametrize(("splits", "anchor", "message"), [
-    (["train"] * 2, None, r"held-out set 'test' of .* has 0 examples; rule: an evaluation set holds at least one"),
-    (["test"] * 2, {"package": "chitchat_dataset", "size": 8, "name": "chitchat-8", "digest": "f" * 64},
+@pytest.mark.parametrize(("splits", "anchor", "per_language", "message"), [
+    (["train"] * 2, None, None, r"held-out set 'test' of .* has 0 examples; rule: an evaluation set holds at least one"),
+    (["test"] * 2, None, 10, r"held-out set 'test' of .*: en: 1 examples; rule: at least 10 per language"),
+    (["test"] * 2, {"package": "chitchat_dataset", "size": 8, "name": "chitchat-8", "digest": "f" * 64}, None,
      r"anchor set 'chitchat-8' .* changed: expected digest f{64}, actual [0-9a-f]{64}"),
 ])
 def test_a_broken_evaluation_set_stops_the_stage_before_any_model_is_scored(tmp_path, monkeypatch, splits, anchor,
-                                                                            message):
+                                                                            per_language, message):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded or scored before the evaluation sets were checked")
 
@@ -59,6 +60,6 @@ def test_a_broken_evaluation_set_stops_the_stage_before_any_model_is_scored(tmp_
     monkeypatch.setattr(evaluate, "evaluate_model", no_model)
     project = ProjectConfig(runs_root=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                             artifact_root=str(tmp_path / "artifacts"))
-    config = evaluate.EvaluateConfig(anchor=anchor)
+    config = evaluate.EvaluateConfig(anchor=anchor, min_examples_per_language=per_language)
     with pytest.raises(EvaluationSetError, match=message):
         evaluate.run(config, project, RunContext("2026-11-22", "night-1"), str(_dataset(tmp_path, splits)), "model")
