@@ -20,8 +20,10 @@ from pipeline.config import ProjectConfig, RunContext, load_project
 
 STAGES = ("ingest", "validate", "train", "evaluate", "promote")  # lifecycle order, as the DAG runs them
 MODELS = ("candidate", "champion", "base")
-METRICS = {"bleu": "bleu", "chrf": "chrf", "chrf1": "chrf1", "rougeL": "rougeL", "perplexity": "perplexity",
-           "reply_tokens": "reply length (tokens)"}  # a metric no model has (older runs: chrf1) gets no row
+METRICS = {"bleu": "bleu", "chrf": "chrf", "chrf1": "chrf1", "rougeL": "rougeL", "similarity": "similarity (en model)",
+           "perplexity": "perplexity", "reply_tokens": "reply length (tokens)",
+           "anchor_bleu": "anchor set: bleu", "anchor_rougeL": "anchor set: rougeL",
+           "anchor_similarity": "anchor set: similarity"}  # a metric no model has (older runs) gets no row
 REPORT = "evaluation_report.html"  # the artifact promote logs on the DAG run
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a SQLite store (its default PORT)
 
