@@ -105,6 +105,8 @@ def run_variant(args) -> dict:
 
         trainer = Trainer(model=model, train_dataset=train_set, data_collator=collate, args=TrainingArguments(
             output_dir=str(output), max_steps=config.max_steps, per_device_train_batch_size=rows_per_step,
+            # use_cpu as in train.make_trainer: without it transformers refuses bf16 on a CPU ("doesn't support bf16/gpu")
+            use_cpu=not torch.cuda.is_available(),
             learning_rate=config.learning_rate, bf16=train._bf16_supported(), report_to="none", save_strategy="no",
             disable_tqdm=True, logging_steps=10_000, remove_unused_columns=False, seed=42))
         collator = counter
