@@ -102,6 +102,21 @@ def stage_run(project: ProjectConfig, ctx: RunContext, stage: str, enabled: bool
                 mlflow.set_tag("failure.error", error)
                 log_to_parent(tags={"failure.stage": stage, "failure.error": error})
                 raise
+        clear_failure(parent_id, stage)
+
+
+def clear_failure(parent_id: str, stage: str) -> None:
+    """A retry of the stage that failed has succeeded: the DAG run is no longer failed because of it. The error
+    stays readable as `failure.recovered.<stage>`; a failure of another stage is left alone."""
+    client = MlflowClient()
+    tags = client.get_run(parent_id).data.tags
+    if stage not in (tags.get("failure.stage"), tags.get("failure.task")):
+        return
+    error = tags.get("failure.error") or tags.get("failure.airflow_error", "")
+    client.set_tag(parent_id, f"failure.recovered.{stage}", error[:5000])
+    for key in ("failure.stage", "failure.error", "failure.task", "failure.airflow_error"):
+        if key in tags:
+            client.delete_tag(parent_id, key)
 
 
 def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:

@@ -49,3 +49,26 @@ def test_connecting_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
     tracking.connect(project(tmp_path / "b"))
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert (tmp_path / "b" / "yaml.db").is_file()
+
+
+def test_a_successful_retry_clears_the_failure_of_its_stage_only(tmp_path, monkeypatch):
+    from pipeline.config import RunContext
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config, ctx = project(tmp_path), RunContext("2026-11-22", "night-1", "dag", "scheduled")
+    with pytest.raises(RuntimeError), tracking.stage_run(config, ctx, "evaluate"):
+        raise RuntimeError("tracking server went away")
+    tracking.record_failure(config, ctx, "evaluate", "Task failed")  # the DAG's failure callback
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    parent_id = tracking.parent_run_id(config, ctx)
+    assert client.get_run(parent_id).data.tags["failure.stage"] == "evaluate"
+
+    with tracking.stage_run(config, ctx, "train"):  # another stage succeeding does not hide the failure
+        pass
+    assert client.get_run(parent_id).data.tags["failure.stage"] == "evaluate"
+    with tracking.stage_run(config, ctx, "evaluate"):  # the retry
+        pass
+    parent = client.get_run(parent_id)
+    assert not [key for key in parent.data.tags if key.startswith("failure.") and ".recovered." not in key]
+    assert parent.data.tags["failure.recovered.evaluate"] == "RuntimeError: tracking server went away"
+    assert parent.info.status == "FINISHED"
