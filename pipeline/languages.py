@@ -68,6 +68,14 @@ def primary(code: str) -> str:
     return code.split("-")[0]
 
 
+def indices_by_primary(codes: list[str]) -> dict[str, list[int]]:
+    """Positions of each primary language in `codes`, languages sorted: how every per-language metric groups."""
+    groups: dict[str, list[int]] = {}
+    for index, code in enumerate(codes):
+        groups.setdefault(primary(code), []).append(index)
+    return dict(sorted(groups.items()))
+
+
 def codes_by_script() -> dict[str, list[str]]:
     """Script -> the corpus language codes written in it, e.g. Cyrillic -> [ru, uk]."""
     scripts: dict[str, list[str]] = {}

@@ -66,11 +66,8 @@ def rouge_f(hypothesis: str, reference: str, language: str) -> dict[str, float]:
 
 def score(hypotheses: list[str], references: list[str], languages: list[str]) -> dict[str, float]:
     """Corpus metrics overall and per language: bleu, chrf, rouge1/2/L (F1, x100), reply_words; keys like bleu_zh."""
-    groups = defaultdict(list)
-    for index, language in enumerate(languages):
-        groups[language_codes.primary(language)].append(index)
     results = _score_group(hypotheses, references, languages)
-    for language, indices in sorted(groups.items()):
+    for language, indices in language_codes.indices_by_primary(languages).items():
         pick = [hypotheses[i] for i in indices], [references[i] for i in indices], [languages[i] for i in indices]
         results.update({f"{k}_{language}": v for k, v in _score_group(*pick).items()})
     return results

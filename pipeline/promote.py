@@ -79,7 +79,7 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
         champion = registry.champion(client, project.registered_model)  # raises when the registry fails
         check_champion_unchanged(champion, result, registry.version_for_run(client, project.registered_model, ctx.run_id))
         evidence = gather_evidence(config, Path(evaluation), manifest, champion)
-        candidate = register(client, project, ctx, result)
+        candidate = register(client, project, ctx, result, manifest)
         decision = decide(config, result["scores"], champion, ctx.run_type, evidence)
         apply(client, project.registered_model, candidate, decision)
         output = storage.run_dir(project, ctx, "promote")
@@ -92,7 +92,7 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
     return output
 
 
-def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, result: dict):
+def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, result: dict, manifest: dict):
     name = project.registered_model
     existing = registry.version_for_run(client, name, ctx.run_id)
     if existing is not None:  # a retried task: registering again would create a duplicate version
@@ -102,7 +102,7 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     scores = result["scores"]["candidate"]
     train_config = (Path(result["model"]) / "train_config.json").read_text()
     tags = {**tracking.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
-            "data.partition_date": storage.read_manifest(result["dataset"])["partition_date"],
+            "data.partition_date": manifest["partition_date"],
             "data.input_digest": result.get("data_input_digest", ""),
             "config.train": json.dumps(json.loads(train_config), sort_keys=True),
             "mlflow.parent_run_id": tracking.active_parent_id(),

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sacrebleu.metrics import BLEU, CHRF
 
+from pipeline import languages as language_codes
 from pipeline import metrics
 
 _BLEU = BLEU(tokenize="none", force=True)  # text is tokenized per language first (metrics.bleu_tokens)
@@ -61,7 +62,7 @@ class PairedSamples:
 
     def __init__(self, samples: pd.DataFrame, models: list[str], name: str):
         self.name, self.models = name, models
-        self.languages = samples["language"].astype(str).str.split("-").str[0].to_numpy()
+        self.languages = samples["language"].astype(str).map(language_codes.primary).to_numpy()
         references, languages = samples["reference"].astype(str).tolist(), samples["language"].astype(str).tolist()
         self.stats: dict[tuple[str, str], np.ndarray] = {}
         ref_tokens = [metrics.bleu_tokens(r, lang) for r, lang in zip(references, languages, strict=True)]

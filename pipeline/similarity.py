@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import defaultdict
 
 from pipeline import languages as language_codes
 
@@ -56,9 +55,9 @@ def cosines(hypotheses: list[str], references: list[str]) -> list[float]:
 
 def score(per_example: list[float], languages: list[str]) -> dict[str, float]:
     """`similarity` overall (mean) and `similarity_<lang>` per language, grouped as metrics.score groups them."""
-    groups = defaultdict(list)
-    for value, language in zip(per_example, languages, strict=True):
-        groups[language_codes.primary(language)].append(value)
+    if len(per_example) != len(languages):
+        raise ValueError(f"{len(per_example)} similarities but {len(languages)} languages")
     results = {"similarity": sum(per_example) / max(len(per_example), 1)}
-    results.update({f"similarity_{language}": sum(values) / len(values) for language, values in sorted(groups.items())})
+    for language, indices in language_codes.indices_by_primary(languages).items():
+        results[f"similarity_{language}"] = sum(per_example[i] for i in indices) / len(indices)
     return results
