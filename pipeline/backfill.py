@@ -4,9 +4,12 @@
 
 Airflow 3 only *queues* backfill runs (`airflow backfill create`); a scheduler and an api-server (which serves the
 task execution API) must run them. This starts both for the backfill and stops them when every queued run has
-finished. Backfill runs are run_type `backfill`: they write their own date's partition and run-scoped outputs,
-train in the one-slot `training` pool, and never move the `champion` alias unless allow_backfill_promotion is set.
-Exit status 1 if any run failed.
+finished, which it learns from the api-server's public REST API (GET /api/v2/dags/<dag>/dagRuns, backfill runs of
+the date range), never from Airflow's tables. That api-server listens on 127.0.0.1 only and lives as long as the
+backfill: it runs the simple auth manager with every request an admin (as `make up` does), so polling needs no login.
+Backfill runs are run_type `backfill`: they write their own date's partition and run-scoped outputs, train in the
+one-slot `training` pool, and never move the `champion` alias unless allow_backfill_promotion is set.
+Prints `<date> <state>` per run; exit status 1, naming the dates, if any run failed or did not finish in --timeout.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 from pathlib import Path
 
 from pipeline import services
@@ -25,6 +30,8 @@ from pipeline.distributed import free_port
 
 DAG_ID = "nightly_chat_retrain"
 TERMINAL = {"success", "failed"}
+POLL_S = 5
+PAGE = 100  # the api-server's default [api] maximum_page_limit: longer ranges are read page by page
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +61,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_for_api(env, started[0])  # task runners report to it from their first second
         started.append(services.start(airflow + ["scheduler"], env, logs / "scheduler.log", Path.cwd()))
-        states = _wait(airflow, env, args.start, args.end, args.timeout)
+        states = _wait(_api_url(env), started[0], args.start, args.end, args.timeout)
     finally:
         for record in started:
             services.stop(record, timeout=60)
+    return report(states, args.start, args.end, env["AIRFLOW_HOME"])
+
+
+def report(states: dict[str, str], start: str, end: str, airflow_home: str) -> int:
+    """`<date> <state>` per run on stdout; the dates that did not succeed on stderr. Exit status 0 only if all did."""
     for date, state in sorted(states.items()):
         print(f"{date} {state}")
-    return 0 if states and all(state == "success" for state in states.values()) else 1
+    unsuccessful = [f"{date} ({state})" for date, state in sorted(states.items()) if state != "success"]
+    if not states:
+        print(f"no backfill runs of {DAG_ID} between {start} and {end}", file=sys.stderr)
+    elif unsuccessful:
+        print(f"backfill of {DAG_ID}: not successful: {', '.join(unsuccessful)}; task logs under "
+              f"{airflow_home}/logs", file=sys.stderr)
+    return 0 if states and not unsuccessful else 1
 
 
 def _environment() -> dict[str, str]:
@@ -73,6 +91,9 @@ def _environment() -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         # Tokens the api-server signs must verify in task runners: one secret for both, new per backfill.
         "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_hex(32),
+        # This private api-server's REST API answers the polling below without a login (localhost, backfill only).
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         # This scheduler only runs the backfill: unpausing the DAG must not also start tonight's scheduled run.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
@@ -80,28 +101,49 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _wait(airflow: list[str], env: dict, start: str, end: str, timeout: int) -> dict[str, str]:
-    """Poll the metadata DB (cheap, unlike one `airflow dags list-runs` process per poll) until the runs finish."""
-    from sqlalchemy import create_engine, text
-
-    url = subprocess.run(airflow + ["config", "get-value", "database", "sql_alchemy_conn"], env=env,
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    engine = create_engine(url)
-    query = text("SELECT logical_date, state FROM dag_run WHERE dag_id = :dag AND run_type = 'backfill'")
+def _wait(api: str, server: dict, start: str, end: str, timeout: int) -> dict[str, str]:
+    """Poll the REST API until every backfill run of the range has finished: {date: state}, unfinished runs marked
+    "timed out" after `timeout` seconds."""
     deadline, states = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
-        with engine.connect() as connection:
-            rows = connection.execute(query, {"dag": DAG_ID}).all()
-        states = {str(day)[:10]: state for day, state in rows if start <= str(day)[:10] <= end}
+        try:
+            states = backfill_states(api, start, end)
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:  # refused (auth, a bad filter): asking again for hours would not help
+                raise SystemExit(f"the api-server refused {exc.url}: HTTP {exc.code} {exc.reason}") from exc
+        except OSError as exc:  # a slow answer; without the api-server no task can report, so stop
+            if not services.alive(server):
+                raise SystemExit(f"the api-server stopped during the backfill ({exc}); see "
+                                 "$AIRFLOW_HOME/backfill-logs/api-server.log") from exc
         if states and all(state in TERMINAL for state in states.values()):
             return states
-        time.sleep(5)
+        time.sleep(POLL_S)
     print(f"backfill did not finish in {timeout} s: {states}", file=sys.stderr)
     return {date: state if state in TERMINAL else "timed out" for date, state in states.items()}
 
 
+def backfill_states(api: str, start: str, end: str) -> dict[str, str]:
+    """{logical date: state} of the DAG's backfill runs from `start` to `end` (inclusive), all pages of
+    GET /api/v2/dags/<dag>/dagRuns."""
+    query = {"run_type": "backfill", "logical_date_gte": f"{start}T00:00:00Z",
+             "logical_date_lte": f"{end}T23:59:59Z", "order_by": "logical_date", "limit": PAGE}
+    states: dict[str, str] = {}
+    offset = 0
+    while True:
+        url = f"{api}/api/v2/dags/{DAG_ID}/dagRuns?{urllib.parse.urlencode({**query, 'offset': offset})}"
+        page = services.get_json(url, timeout=30)
+        states.update({run["logical_date"][:10]: run["state"] for run in page["dag_runs"]})
+        offset += len(page["dag_runs"])
+        if not page["dag_runs"] or offset >= page["total_entries"]:
+            return states
+
+
+def _api_url(env: dict) -> str:
+    return f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}"
+
+
 def _wait_for_api(env: dict, server: dict, timeout: int = 180) -> None:
-    url = f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}/api/v2/monitor/health"
+    url = f"{_api_url(env)}/api/v2/monitor/health"
     if not services.wait_until(lambda: services.http_ok(url), server, timeout):
         raise SystemExit(f"api-server did not come up on {url}; see $AIRFLOW_HOME/backfill-logs/api-server.log")
 

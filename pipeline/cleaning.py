@@ -200,6 +200,7 @@ def conversation_digests(prefixes: list[str], texts: list[str], starts: np.ndarr
     ]
 
 
-def split_buckets(conversation_ids: list[str]) -> np.ndarray:
-    """A number in [0, 1) per id, from its hash: the same conversation lands in the same split every night."""
-    return np.array([int(hashlib.sha256(cid.encode()).hexdigest()[:8], 16) for cid in conversation_ids]) / 2**32
+def split_buckets(keys: list[str]) -> np.ndarray:
+    """A number in [0, 1) per key, from its hash: the same key lands in the same split every night. Ingest passes
+    near keys, so that copies which differ in case or punctuation share a split (pipeline/ingest.py)."""
+    return np.array([int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) for key in keys]) / 2**32

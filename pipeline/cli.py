@@ -1,4 +1,4 @@
-"""Command line: one subcommand per stage, each printing its output URI as the last line of stdout.
+"""Command line: one subcommand per stage, each handing on one output URI (a path or models:/ URI, never data).
 
     python -m pipeline ingest   --config configs/embedded.yaml --run-date 2026-11-22
     python -m pipeline validate --config ... --run-date ... --dataset <ingest output>
@@ -7,7 +7,10 @@
     python -m pipeline promote  --config ... --run-date ... --evaluation <evaluate output>
     python -m pipeline record-failure --config ... --run-date ... --run-id ... --task <task_id>   # failure callback
 
-Airflow's bash tasks push that last line to XCom, so tasks hand each other URIs, never data. Logs go to stderr;
+The URI becomes the task's XCom through a file, never through the log: the stage writes it as one JSON string to
+$PIPELINE_XCOM_FILE, which every Airflow runtime sets and reads (dags/chat_retrain/runtimes.py), so a warning that
+an interpreter prints at exit cannot become the next task's input. The stage also prints the URI as the last line
+of its stdout, for a person or a script running a stage by hand; Airflow does not parse it. Logs go to stderr;
 progress a person follows (stage started / done in, steps, replies) goes through pipeline/progress.py.
 Exit codes: 0 ok, 1 the stage failed (e.g. validation), 2 bad config or arguments.
 """
@@ -17,14 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from pipeline import progress
+from pipeline import progress, storage, termination
 from pipeline.config import ConfigError, RunContext, load_project, load_section, run_type_name
 
 # stage -> (module, config class, inputs it takes as URIs)
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tracking.record_failure(load_project(args.config), _context(args), args.task, args.error)
         return 0
+    termination.install()  # SIGTERM fails the stage cleanly (runs ended FAILED, no scratch left), exit code 1
     sys.stdout.reconfigure(line_buffering=True)  # task logs stream live instead of arriving at exit
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Reported before the heavy imports (torch takes seconds), so the console shows the stage at once.
@@ -71,11 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # also Ctrl-C: a console never shows a stage as running forever
         progress.stage_finished(time.monotonic() - started, f"{type(exc).__name__}: {exc}"[:300])
         raise
-    # Before the output URI: a bash task pushes the last line it printed (stdout or stderr) to XCom.
     progress.stage_finished(time.monotonic() - started, error)
     if output is not None:
-        print(output, flush=True)
         _write_xcom(output)
+        print(output, flush=True)  # for people and hand-run scripts; the runtimes read the XCom file
     return code
 
 
@@ -99,12 +101,13 @@ def _run_stage(args: argparse.Namespace) -> tuple[int, str | None, object]:
 
 
 def _write_xcom(output) -> None:
-    """On Kubernetes the task's XCom is a file the sidecar reads, not stdout (PIPELINE_XCOM_FILE, set by the DAG).
-    One writer per node: the first local process."""
+    """The task's XCom: the URI as a JSON string in PIPELINE_XCOM_FILE, set by every runtime of the DAG (a temp file,
+    a container's /tmp, the Kubernetes sidecar's /airflow/xcom/return.json). Written atomically (temp + rename): a
+    stage killed mid-write leaves no half URI. One writer per node, the first local process: under torchrun every
+    rank returns the same run-scoped URI."""
     path = os.environ.get("PIPELINE_XCOM_FILE")
     if path and os.environ.get("LOCAL_RANK", "0") == "0":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(str(output)))
+        storage.write_json(Path(path), str(output))  # one line: the local runtime prints it as the last log line
 
 
 def _date(value: str) -> str:

@@ -35,6 +35,7 @@ from pipeline import (
     languages,
     metrics,
     models,
+    partitions,
     progress,
     registry,
     similarity,
@@ -72,8 +73,9 @@ class EvaluateConfig:
 def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset: str, model: str) -> Path:
     with tracking.stage_run(project, ctx, "evaluate"):
         mlflow.log_params(as_params(config, "evaluate"))
-        turns = pd.read_parquet(Path(dataset) / "turns.parquet")
-        tracking.log_dataset(Path(dataset), storage.read_manifest(dataset), context="evaluation")
+        partition = partitions.read(dataset)  # refuses bytes other than those validate approved
+        turns, dataset = partition.turns, str(partition.path)
+        tracking.log_dataset(partition.path, partition.manifest, context="evaluation")
         # Every rule on the evaluation sets is checked before the first (minutes-long) model is loaded.
         examples = held_out_examples(turns, config, dataset)
         anchor_set = anchor_examples(config, turns)
@@ -90,7 +92,7 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
             samples = samples.assign(**columns)
             anchor_samples = anchor_samples.assign(**anchor_columns)
         shutil.rmtree(storage.run_dir(project, ctx, "evaluate_champion"), ignore_errors=True)  # a 0.5 GB copy
-        output = write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, dataset, model,
+        output = write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, partition, model,
                                champion_version, config.evaluate_champion)
         log_results(scores, samples, anchor_samples)
     return output
@@ -207,16 +209,16 @@ def dialogue_perplexity(model, tokenizer, dialogues: list[list[dict]], config: E
     return math.exp(total_nll / max(total_tokens, 1))
 
 
-def write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, dataset, model, champion_version,
+def write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, partition, model, champion_version,
                   champion_checked: bool) -> Path:
-    final, manifest = storage.run_dir(project, ctx, "evaluate"), storage.read_manifest(dataset)
+    final, manifest = storage.run_dir(project, ctx, "evaluate"), partition.manifest
     files = ["evaluation.json", "samples.parquet"] + (["samples_anchor.parquet"] if anchor_set else [])
     with storage.atomic_dir(final) as scratch:
         samples.to_parquet(scratch / "samples.parquet", index=False)
         if anchor_set:
             anchor_samples.to_parquet(scratch / "samples_anchor.parquet", index=False)
         storage.write_json(scratch / "evaluation.json", {
-            "scores": scores, "examples": len(samples), "model": str(model), "dataset": str(dataset),
+            "scores": scores, "examples": len(samples), "model": str(model), "dataset": str(partition.path),
             "data_digest": manifest["digest"], "data_input_digest": manifest.get("input_digest", ""),
             # Whether evaluate looked for a champion (None then means "there was none"): promote re-checks it.
             "champion_version": champion_version, "champion_checked": champion_checked,

@@ -7,15 +7,29 @@ Reads every configured source over the window (the logical date and `window_days
 assigns splits. Output: <data_root>/conversations/dt=<date>/{turns.parquet, quarantine.jsonl, manifest.json}, one
 row per turn, written atomically; a rerun of the same date and inputs gives byte-identical files.
 
-The id of a conversation comes from its cleaned content and its split from a hash of the id, so a conversation
-keeps its split on every night no matter what else is added (no train/test leakage as the data grows).
+Splits never move. A conversation's id is a digest of its language and exact cleaned text: downstream stages
+sort, group and report by it, so it stays what it always was. Its split, though, comes from a hash of its *near
+key*, the key near-duplicate resolution merges on: language plus the turns reduced to lower-case letters and digits
+after NFKC (cleaning.near_duplicate_text). Resolution keeps the newest partition's copy, so the surviving copy - and
+with it the exact id - changes from night to night when a re-cased or re-punctuated copy arrives; the near key
+cannot change, so every copy, and whichever survives, gets the split the first copy got: a conversation the champion
+trained on never shows up in a later test split. The split uses the near key with near_dedup off too: near copies
+then all survive, and they must still share one split, or a re-cased copy in test scores the model on its training
+data. The language is part of the key because the dedup counts it (language detection sees letters, not case or
+punctuation, so copies get the same one); a copy that two sources label with different languages is not covered.
+"Edited" copies covered: case, punctuation, whitespace, invisible characters, Unicode form (full width, composed
+accents), a different masked e-mail or phone number. A changed, added or removed word, or a turn cut in two, makes a
+different conversation with a split of its own (tests/unit/test_stable_splits.py).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +54,14 @@ class IngestError(RuntimeError):
     """Nothing usable was read; the message names the sources."""
 
 
+class DiskFullError(OSError):
+    """The partition's filesystem filled up while writing; the message names the partition and the free space."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left", "disk quota exceeded": both mean "free space, rerun"
+PUBLISHING = "the rename into place"  # after the block: atomic_dir does not clean up what a failed rename leaves
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     sources: list[dict] = field(
@@ -54,7 +76,8 @@ class IngestConfig:
         default="NFC", metadata={"help": "NFC keeps full-width CJK punctuation; NFKC folds it to ASCII; or none."}
     )
     mask_pii: bool = field(default=True, metadata={"help": "Replace e-mails, phone and card numbers by <EMAIL>..."})
-    near_dedup: bool = field(default=True, metadata={"help": "Also drop conversations equal up to case/punctuation."})
+    near_dedup: bool = field(default=True, metadata={
+        "help": "Also drop conversations equal up to case/punctuation (splits come from that key either way)."})
 
     def __post_init__(self):
         if not 0 < self.validation_fraction + self.test_fraction < 1:
@@ -140,8 +163,9 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
     ends = np.cumsum(sizes)
     starts = ends - sizes
     ids = cleaning.conversation_digests(languages, text_list, starts, ends)
-    near = (cleaning.conversation_digests(languages, cleaning.near_duplicate_text(texts).to_pylist(), starts, ends)
-            if config.near_dedup else ids)
+    # The near key is computed with near_dedup off too: it is the split key (see the module docstring).
+    near_keys = cleaning.conversation_digests(languages, cleaning.near_duplicate_text(texts).to_pylist(), starts, ends)
+    near = near_keys if config.near_dedup else ids
     # Which copy survives must not depend on file order: the newest partition's, then the smallest id.
     table = pd.DataFrame({"record": np.arange(len(kept)), "conversation_id": ids, "near": near,
                           "partition_date": [c.partition_date for c in kept]})
@@ -155,6 +179,7 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
     keep = np.isin(record, survivors)
     turns = pd.DataFrame({
         "conversation_id": np.asarray(ids, dtype=object)[record[keep]],
+        "split_key": np.asarray(near_keys, dtype=object)[record[keep]],
         "turn_index": turn_index[keep].astype("int32"),
         "role": [role for i in survivors for role, _ in kept[i].messages],
         "text": np.asarray(text_list, dtype=object)[keep],
@@ -168,39 +193,77 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
 
 
 def assign_splits(turns: pd.DataFrame, config: IngestConfig) -> pd.DataFrame:
-    """train/validation/test by a hash of the conversation id: deterministic and stable as data grows."""
-    unique = pd.unique(turns["conversation_id"])
+    """train/validation/test by a hash of each turn's `split_key` (the near key, see the module docstring):
+    deterministic, and stable as data grows and as near copies replace each other. Drops the key column."""
+    unique = pd.unique(turns["split_key"])
     bucket = pd.Series(cleaning.split_buckets(list(unique)), index=unique)
     test_cut = 1 - config.test_fraction
     val_cut = test_cut - config.validation_fraction
     split = pd.Series("train", index=unique)
     split[bucket >= val_cut] = "validation"
     split[bucket >= test_cut] = "test"
-    turns["split"] = turns["conversation_id"].map(split)
+    turns["split"] = turns["split_key"].map(split)
     return turns.sort_values(["split", "conversation_id", "turn_index"], ignore_index=True)[COLUMNS]
 
 
 def write_partition(turns: pd.DataFrame, quarantine: list[dict], summary: dict, project: ProjectConfig,
                     ctx: RunContext) -> Path:
     final = storage.partition_dir(project, DATASET, ctx.run_date)
-    with storage.atomic_dir(final) as scratch:
-        turns.to_parquet(scratch / "turns.parquet", index=False)
-        with open(scratch / QUARANTINE, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in quarantine)
-        manifest = {
-            "dataset": DATASET,
-            "partition_date": ctx.run_date,
-            "files": ["turns.parquet", QUARANTINE],
-            "digest": storage.file_digest([scratch / "turns.parquet"]),
-            "rows": len(turns),
-            "rows_per_split": turns["split"].value_counts().sort_index().to_dict(),
-            "conversations_per_split": turns.groupby("split")["conversation_id"].nunique().to_dict(),
-            "conversations_per_language": turns.groupby("language")["conversation_id"].nunique().to_dict(),
-            "quarantined": len(quarantine),
-            **summary,
-        }
-        storage.write_json(scratch / storage.MANIFEST, manifest)  # last: marks the partition complete
+    writing = "its scratch directory"  # named in the disk-full error
+    try:
+        with storage.atomic_dir(final) as scratch:
+            writing = "turns.parquet"
+            turns.to_parquet(scratch / "turns.parquet", index=False)
+            writing = QUARANTINE
+            with open(scratch / QUARANTINE, "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in quarantine)
+            writing = storage.MANIFEST
+            storage.write_json(scratch / storage.MANIFEST, _manifest(scratch, turns, quarantine, summary, ctx))
+            writing = PUBLISHING
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        raise _disk_full(error, final, writing, turns) from error
     return final
+
+
+def _manifest(scratch: Path, turns: pd.DataFrame, quarantine: list[dict], summary: dict, ctx: RunContext) -> dict:
+    """Written last inside the partition: its presence marks the partition complete."""
+    return {
+        "dataset": DATASET,
+        "partition_date": ctx.run_date,
+        "files": ["turns.parquet", QUARANTINE],
+        "digest": storage.file_digest([scratch / "turns.parquet"]),
+        "rows": len(turns),
+        "rows_per_split": turns["split"].value_counts().sort_index().to_dict(),
+        "conversations_per_split": turns.groupby("split")["conversation_id"].nunique().to_dict(),
+        "conversations_per_language": turns.groupby("language")["conversation_id"].nunique().to_dict(),
+        "quarantined": len(quarantine),
+        **summary,
+    }
+
+
+def _disk_full(error: OSError, final: Path, writing: str, turns: pd.DataFrame) -> DiskFullError:
+    """What an operator needs instead of pyarrow's "Error writing bytes to file": which partition, how much room
+    there is, and what was kept (atomic_dir has removed the unfinished copy, unless publishing it failed)."""
+    usage = shutil.disk_usage(final.parent)
+    if writing == PUBLISHING:
+        kept = f"publishing failed half-way: look for .{final.name}.tmp-* / .old-* directories in {final.parent}"
+    elif final.is_dir():
+        previous = sum(f.stat().st_size for f in final.iterdir() if f.is_file())
+        kept = (f"no partial output is left, and the previous partition ({_size(previous)}) is unchanged; it is "
+                "replaced only once the new one is complete, so a re-ingest needs room for both")
+    else:
+        kept = "no partial output is left"
+    return DiskFullError(error.errno, (
+        f"{final}: disk full ({errno.errorcode.get(error.errno, error.errno)}: {os.strerror(error.errno)}) while "
+        f"writing {writing} ({len(turns)} turns, {_size(turns.memory_usage(deep=True).sum())} in memory); "
+        f"{_size(usage.free)} free of {_size(usage.total)} on that filesystem; {kept}. "
+        "Free space or move project.data_root, then rerun the task."))
+
+
+def _size(size: float) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 
 def log_summary(output: Path) -> None:

@@ -26,7 +26,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipeline import evaluation_report, registry, serving, significance, storage, tracking
+from pipeline import evaluation_report, failpoints, registry, serving, significance, storage, tracking
 from pipeline.config import ConfigError, ProjectConfig, RunContext, as_params
 from pipeline.gate import Decision, Evidence, check_metric_names, decide
 
@@ -72,7 +72,9 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
         mlflow.log_params(as_params(config, "promote"))
         result = json.loads((Path(evaluation) / "evaluation.json").read_text())
         check_metric_names(config, result["scores"])
-        manifest = storage.read_manifest(result["dataset"])
+        # The digests evaluate scored: the shared partition may have been re-ingested since (pipeline/partitions.py).
+        manifest = {**storage.read_manifest(result["dataset"]), "digest": result["data_digest"],
+                    "input_digest": result.get("data_input_digest", "")}
         # The run that logs the model version lists the data it was trained on (the Datasets column of the UI).
         tracking.log_dataset(Path(result["dataset"]), manifest, context="training")
         client = MlflowClient()
@@ -97,8 +99,6 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     existing = registry.version_for_run(client, name, ctx.run_id)
     if existing is not None:  # a retried task: registering again would create a duplicate version
         return existing
-    info = serving.log_chat_model(result["model"], name)
-    model_version = client.get_model_version(name, str(info.registered_model_version))
     scores = result["scores"]["candidate"]
     train_config = (Path(result["model"]) / "train_config.json").read_text()
     tags = {**tracking.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
@@ -108,8 +108,11 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
             "mlflow.parent_run_id": tracking.active_parent_id(),
             # overall metrics, held-out and anchor (the report's history chart reads metric.anchor_*)
             **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k.removeprefix("anchor_")}}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, model_version.version, key, value)
+    info = serving.log_chat_model(result["model"])
+    # The version is created with its tags in one request: a kill between registering and tagging would leave a
+    # version that version_for_run cannot find, and the retry would register a duplicate.
+    model_version = mlflow.register_model(info.model_uri, name, tags=tags)
+    failpoints.hit("promote.registered")  # registered, champion not decided yet (tests kill it here)
     return client.get_model_version(name, model_version.version)
 
 

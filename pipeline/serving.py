@@ -68,8 +68,9 @@ def conversations(model_input) -> list[list[dict]]:
     return [[{"role": str(m["role"]), "content": str(m["content"])} for m in messages] for messages in rows]
 
 
-def log_chat_model(model_dir: str, registered_model_name: str):
-    """Log the weights in `model_dir` as a new version of `registered_model_name`; returns the ModelInfo."""
+def log_chat_model(model_dir: str, registered_model_name: str | None = None):
+    """Log the weights in `model_dir` as a logged model (and as a new version of `registered_model_name` if given);
+    returns the ModelInfo."""
     # MLflow stores a directory artifact under the directory's own name, and registry.download_weights expects
     # `artifacts/model`: stage the files as `model` (hard links beside the original: no copy; MLflow refuses
     # symlinks that lead out of the directory).

@@ -132,8 +132,8 @@ def _local_copy(uri: str, required: bool) -> Iterator[Path | None]:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="ingest-") as scratch:
-        if single:
-            target = Path(scratch) / uri.rsplit("/", 1)[-1]
+        if single:  # the object's name is its key's last part, checked like every key that becomes a path
+            target = objectstore.local_path(Path(scratch), objectstore.split(uri)[1].rsplit("/", 1)[-1], uri)
             objectstore.download(uri, target)
             yield target
         else:

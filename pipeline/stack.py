@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from pipeline import services
+from pipeline import objectstore, services
 from pipeline.config import apply_overrides, build, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,6 +211,8 @@ def _service_env(home: Path, config: StackConfig, ports: dict, keys: dict) -> di
            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports.get("scheduler", config.worker_log_port)),
            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.get("triggerer", config.triggerer_log_port))}
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)  # a pytest session's setting must not leak into services
+    for key, value in objectstore.retry_env().items():  # the MLflow server's own S3 client retries like ours
+        env.setdefault(key, value)
     return env
 
 

@@ -12,11 +12,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline import failpoints
 from pipeline.config import ProjectConfig, RunContext
 
 MANIFEST = "manifest.json"  # written last inside an output dir: its presence means the output is complete
@@ -38,19 +40,54 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a scratch directory that replaces `final` only if the block completes without error."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    sweep_dead_writers(final)
+    scratch = final.with_name(f".{final.name}.tmp-{_writer()}-{uuid.uuid4().hex[:8]}")
     scratch.mkdir()
     try:
         yield scratch
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    failpoints.hit(f"publish:{final.name}")  # everything written, nothing published yet (tests kill it here)
     # Move the old output aside first: a directory rename cannot overwrite a non-empty directory.
-    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    trash = final.with_name(f".{final.name}.old-{_writer()}-{uuid.uuid4().hex[:8]}")
     if final.exists():
         final.rename(trash)
     scratch.rename(final)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_dead_writers(final: Path) -> None:
+    """Clean up after writers of `final` that were killed (kill -9, OOM): their scratch directories are deleted,
+    and an old output they had moved aside but not yet replaced is put back. Only writers of this host whose
+    process is gone: a live writer (a concurrent run) or another pod's, on a shared volume, is left alone."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-{re.escape(_host())}\.(\d+)-[0-9a-f]{{8}}$")
+    for sibling in sorted(final.parent.iterdir()):
+        found = pattern.match(sibling.name)
+        if not found or _alive(int(found.group(2))):
+            continue
+        if found.group(1) == "old" and not final.exists():
+            sibling.rename(final)  # killed between moving the old output aside and publishing the new one
+        else:
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname())[:40]
+
+
+def _writer() -> str:
+    return f"{_host()}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def write_json(path: Path, payload: Any) -> None:

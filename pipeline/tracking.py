@@ -91,6 +91,7 @@ def stage_run(project: ProjectConfig, ctx: RunContext, stage: str, enabled: bool
         yield None
         return
     parent_id = parent_run_id(project, ctx)
+    end_abandoned(parent_id, stage, "KILLED", "a new attempt of the task started")
     with mlflow.start_run(run_id=parent_id):
         with mlflow.start_run(
             run_name=stage, nested=True, tags={**run_tags(ctx), "pipeline.level": "stage", "pipeline.stage": stage}
@@ -117,6 +118,22 @@ def clear_failure(parent_id: str, stage: str) -> None:
     for key in ("failure.stage", "failure.error", "failure.task", "failure.airflow_error"):
         if key in tags:
             client.delete_tag(parent_id, key)
+
+
+def end_abandoned(parent_id: str, stage: str, status: str, reason: str) -> list[str]:
+    """End the stage runs of this DAG run still RUNNING: their process was killed (kill -9, OOM, a lost node) and
+    never ended them. Airflow runs one attempt of a task at a time, so when a new attempt starts (or the failure
+    callback fires) a RUNNING one is dead, not busy. Returns the ids ended."""
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    stale = client.search_runs(
+        [parent.info.experiment_id], run_view_type=mlflow.entities.ViewType.ACTIVE_ONLY,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`pipeline.stage` = '{stage}' "
+                      "and attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_tag(run.info.run_id, "pipeline.ended_by", reason)
+        client.set_terminated(run.info.run_id, status=status)
+    return [run.info.run_id for run in stale]
 
 
 def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
@@ -161,6 +178,7 @@ def record_failure(project: ProjectConfig, ctx: RunContext, task_id: str, error:
     client = MlflowClient()
     client.set_tag(run_id, "failure.task", task_id)
     client.set_tag(run_id, "failure.airflow_error", error[:5000])
+    end_abandoned(run_id, task_id, "FAILED", f"Airflow marked task {task_id} failed")  # a timeout or a kill
     client.set_terminated(run_id, status="FAILED")
 
 

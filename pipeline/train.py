@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import torch
 import transformers
 from datasets import Dataset
@@ -34,6 +33,7 @@ from pipeline import (
     checkpoints,
     distributed,
     models,
+    partitions,
     progress,
     storage,
     tracking,
@@ -105,8 +105,8 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
     set_seed(config.seed)
     main = distributed.is_main_process()
     with tracking.stage_run(project, ctx, "train", enabled=main):
-        manifest = storage.read_manifest(dataset)
-        turns = pd.read_parquet(Path(dataset) / "turns.parquet")
+        partition = partitions.read(dataset)  # refuses bytes other than those validate approved
+        manifest, turns = partition.manifest, partition.turns
         tokenizer = models.load_tokenizer(project.base_model)
         train_set, train_stats = build_dataset(turns, "train", tokenizer, config)
         val_set, val_stats = build_dataset(turns, "validation", tokenizer, config, limit=config.max_eval_conversations)
@@ -122,8 +122,8 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
             checkpoints.prepare(output / "checkpoints", mirror, {
                 "config": as_params(config, "train"), "data_digest": manifest["digest"],
                 "base_model": project.base_model, "world_size": distributed.world_size()})
-        if mirror:
-            trainer.add_callback(checkpoints.MirrorCheckpoints(mirror))
+        for callback in checkpoints.callbacks(mirror):  # seal each checkpoint, then upload it
+            trainer.add_callback(callback)
         trainer.accelerator.wait_for_everyone()  # rank 0 may just have restored or cleared checkpoints
         resume = checkpoints.latest_complete(output / "checkpoints")
         if main:
@@ -132,11 +132,12 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
                                "train.resolved_precision": "bf16" if trainer.args.bf16 else "fp32",
                                "train.resumed_from": resume.name if resume else "none"})
             mlflow.log_metrics({**train_stats, **val_stats, **tuning.parameter_counts(model)})
-            tracking.log_dataset(Path(dataset), manifest, context="training")
+            tracking.log_dataset(partition.path, manifest, context="training")
         if resume:
             log.info("resuming from %s", resume)
         stopper.install()
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with checkpoints.explain_full_disk(output / "checkpoints"):  # ENOSPC: say where, and what is intact
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if stopper.stopped_at is not None:
             raise TrainingInterrupted(f"stopped by SIGTERM at step {stopper.stopped_at} of {config.max_steps}; "
                                       f"checkpoint saved in {output / 'checkpoints'}; a rerun resumes from it")

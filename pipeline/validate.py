@@ -5,7 +5,8 @@
 Every expectation is a named rule that says what it protects (`meta.protects`) and how bad breaking it is:
 `critical` rules raise DataValidationError, so the Airflow task fails and training never starts; `warning` rules
 are logged and tagged on the MLflow run. The GX result (validation.json) and the Data Docs site (HTML) are written
-to the run's outputs and logged to MLflow. Prints the dataset URI it vouched for.
+to the run's outputs and logged to MLflow. Prints the dataset URI it vouched for, pinned to the digest of the bytes
+it checked (pipeline/partitions.py): train and evaluate refuse a partition re-ingested since.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pipeline import storage, tracking
+from pipeline import partitions, storage, tracking
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,14 @@ class ValidateConfig:
 def run(config: ValidateConfig, project: ProjectConfig, ctx: RunContext, dataset: str) -> str:
     with tracking.stage_run(project, ctx, "validate"):
         mlflow.log_params(as_params(config, "validate"))
-        manifest = storage.read_manifest(dataset)
-        turns = pd.read_parquet(Path(dataset) / "turns.parquet")
+        partition = partitions.read(dataset)  # the bytes checked are the bytes whose digest is handed on
+        manifest, turns = partition.manifest, partition.turns
         output = storage.run_dir(project, ctx, "validate")
         with storage.atomic_dir(output) as scratch:
             results = check(turns, manifest, config, docs_dir=scratch / "data_docs")
             report = summarize(results)
             storage.write_json(scratch / "validation.json", report)
-        tracking.log_dataset(Path(dataset), manifest, context="validation")
+        tracking.log_dataset(partition.path, manifest, context="validation")
         mlflow.log_artifact(str(output / "validation.json"))
         mlflow.log_artifacts(str(output / "data_docs"), "data_docs")
         mlflow.log_metrics({"validate.failed_critical": len(report["critical"]),
@@ -77,8 +78,9 @@ def run(config: ValidateConfig, project: ProjectConfig, ctx: RunContext, dataset
             raise DataValidationError(
                 f"{dataset}: {len(report['critical'])} critical rule(s) broken:\n{report['critical_message']}"
             )
-        log.info("validated %s: %d expectations evaluated", dataset, report["evaluated"])
-    return dataset
+        log.info("validated %s (sha256 %s): %d expectations evaluated", partition.path, partition.digest,
+                 report["evaluated"])
+    return partition.uri
 
 
 def contract(config: ValidateConfig) -> dict[str, list]:

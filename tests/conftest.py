@@ -44,10 +44,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/, containers/, stack/).
+    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/, containers/, stack/, faults/).
     for item in items:
         tier = Path(item.fspath).parent.name
-        if tier in ("unit", "dags", "integration", "slow", "containers", "stack"):
+        if tier in ("unit", "dags", "integration", "slow", "containers", "stack", "faults"):
             item.add_marker(getattr(pytest.mark, tier))
 
 

@@ -6,19 +6,28 @@ The runtime is chosen when the DAG is parsed, because it decides the operator cl
     CHAT_RETRAIN_RUNTIME_CONFIG=configs/runtimes.yaml   (images, mounts, namespace, GPUs, node selectors, secrets)
 
 Every runtime runs `python -m pipeline <stage> <args>` with identical <args> (the image's entrypoint is
-`python -m pipeline`); a stage prints its output URI as its last line, which becomes the task's XCom (Docker: last
-log line; Kubernetes: PIPELINE_XCOM_FILE, read by the XCom sidecar). Credentials never appear here: Docker gets the
-host's environment file, Kubernetes pods get Kubernetes secrets and a service account (IAM role for S3).
+`python -m pipeline`). A stage's output URI, which becomes the task's XCom, travels in a file of its own, never in
+its log: the stage writes it as JSON to $PIPELINE_XCOM_FILE (pipeline/cli.py), and each runtime reads that file:
+    local       a bash wrapper gives the stage a fresh temp file and prints the file's JSON line after the stage
+                has exited, as the task's last output line; BashOperator decodes it (output_processor=json.loads)
+    docker      DockerOperator copies the file out of the stopped container (retrieve_output) and decodes it as JSON
+    kubernetes  the XCom sidecar reads /airflow/xcom/return.json
+So a warning printed at interpreter exit can never become the next task's --dataset; a stage that exits 0 without
+writing the file fails its task (local, docker) instead of pushing an empty XCom. Credentials never appear here:
+Docker gets the host's environment file, Kubernetes pods get Kubernetes secrets and a service account (IAM role
+for S3).
 Stdlib + Airflow only: the scheduler parses this often and may not have the pipeline package installed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -26,6 +35,10 @@ RUNTIMES = ("local", "docker", "kubernetes")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTAINER_ROOT = "/app"  # the images' WORKDIR; relative paths in configs resolve there
 XCOM_FILE = "/airflow/xcom/return.json"  # where KubernetesPodOperator's sidecar reads a pod's XCom
+DOCKER_XCOM_FILE = "/tmp/pipeline-xcom.json"  # inside the container: its own /tmp, fresh per container
+# DockerOperator decodes retrieve_output_path with `pickling_library.load` (pickle by default, no fallback):
+# the stage writes JSON, the format the Kubernetes sidecar needs too.
+JSON_FILE = SimpleNamespace(load=json.load)
 TRAIN_SERVICE = "chat-retrain-train"  # headless service over multi-node training pods (infra/terraform)
 
 
@@ -112,7 +125,34 @@ def _local(task_id, args, config, training, **task_kwargs):
     launcher = launcher_args(config)
     launcher = [sys.executable] if launcher == ["python"] else launcher  # the worker's own interpreter
     command = shlex.join([*launcher, "-m", "pipeline", *args])
-    return BashOperator(task_id=task_id, bash_command=command, cwd=str(PROJECT_ROOT), **task_kwargs)
+    return BashOperator(task_id=task_id, bash_command=with_xcom_file(command), cwd=str(PROJECT_ROOT),
+                        output_processor=json.loads, post_execute=require_output_uri, **task_kwargs)
+
+
+def with_xcom_file(command: str) -> str:
+    """The local runtime's XCom channel: `command` gets a fresh temp file in PIPELINE_XCOM_FILE, and the file's one
+    JSON line is printed only after the command (and so its interpreter's exit hooks) has ended: BashOperator pushes
+    the last output line, so nothing the stage prints can take its place. The stage's exit code is kept; exit 0
+    without a written file is a failure, named."""
+    return "\n".join([
+        'xcom_file="$(mktemp "${TMPDIR:-/tmp}/pipeline-xcom.XXXXXX")" || exit 1',
+        'trap \'rm -f "$xcom_file"\' EXIT',
+        f'PIPELINE_XCOM_FILE="$xcom_file" {command}',
+        'status=$?',
+        'if [ "$status" -ne 0 ]; then exit "$status"; fi',
+        'if [ ! -s "$xcom_file" ]; then',
+        '  echo "the stage exited 0 but wrote no output URI to PIPELINE_XCOM_FILE ($xcom_file)" >&2; exit 1',
+        'fi',
+        'cat "$xcom_file"',
+    ])
+
+
+def require_output_uri(context, result) -> None:
+    """post_execute of local and docker tasks: a task succeeds only with an output URI to hand on. DockerOperator
+    returns None when the container left no file; downstream would otherwise run with `--dataset None`."""
+    if not isinstance(result, str) or not result.strip():
+        raise ValueError(f"task {context['ti'].task_id}: the stage exited 0 but its PIPELINE_XCOM_FILE held no "
+                         f"output URI (got {result!r}); it must write one JSON string")
 
 
 def _docker(task_id, args, config, training, **task_kwargs):
@@ -122,14 +162,18 @@ def _docker(task_id, args, config, training, **task_kwargs):
     devices = [DeviceRequest(count=config.gpus_per_node, capabilities=[["gpu"]])] if training and \
         config.gpus_per_node else None
     launcher = launcher_args(config) if training else ["python"]
-    return DockerOperator(
+    task = DockerOperator(
         task_id=task_id, image=config.train_image if training else config.cpu_image,
         entrypoint=[*launcher, "-m", "pipeline"], command=args, docker_url=config.docker_url,
         api_version=config.docker_api_version,
         mounts=[Mount(target=CONTAINER_ROOT, source=config.host_project_dir, type="bind")],
         working_dir=CONTAINER_ROOT, env_file=config.env_file, force_pull=False, mount_tmp_dir=False,
         auto_remove="success", device_requests=devices, shm_size=2 << 30 if training else None,
-        **task_kwargs)
+        # The XCom is the file the stage wrote, copied out of the exited container before it is removed.
+        environment={"PIPELINE_XCOM_FILE": DOCKER_XCOM_FILE}, retrieve_output=True,
+        retrieve_output_path=DOCKER_XCOM_FILE, post_execute=require_output_uri, **task_kwargs)
+    task.pickling_library = JSON_FILE  # no constructor argument for it
+    return task
 
 
 def _kubernetes(task_id, args, config, training, **task_kwargs):

@@ -46,8 +46,9 @@ def test_retries_timeouts_pool_and_failure_callback(dag):
 
 def test_every_task_runs_its_stage_command(dag):
     tasks = {t.task_id: t for t in dag.tasks}
-    command = tasks["evaluate"].bash_command
-    assert command.split()[1:4] == ["-m", "pipeline", "evaluate"]
+    (command,) = [line for line in tasks["evaluate"].bash_command.splitlines() if " -m pipeline " in line]
+    # PIPELINE_XCOM_FILE="$xcom_file" <python> -m pipeline evaluate ...  (runtimes.with_xcom_file wraps it)
+    assert command.split()[2:5] == ["-m", "pipeline", "evaluate"]
     assert "--run-date '{{ ds }}'" in command and "--run-id '{{ run_id }}'" in command
     assert command.endswith("""--dataset '{{ ti.xcom_pull(task_ids="validate") }}' """
                             """--model '{{ ti.xcom_pull(task_ids="train") }}'""")

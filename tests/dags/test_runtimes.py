@@ -1,11 +1,18 @@
 """The runtime switch: the same DAG parses as local processes, Docker containers and Kubernetes pods, and every
 task runs the same stage arguments in all three; GPU requests, node selectors, secrets and the multi-node
-launcher are where they belong."""
+launcher are where they belong. The XCom is the stage's PIPELINE_XCOM_FILE in every runtime, never its log: a
+real local task whose interpreter prints garbage at exit still hands on exactly its URI."""
 
+import copy
+import datetime
+import io
 import runpy
 import shlex
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -28,8 +35,9 @@ def _dag(monkeypatch, runtime, tmp_path=None, **settings):
 def _argv(task) -> list[str]:
     """What runs, as argv: interpreter/launcher, -m, pipeline, stage arguments."""
     name = type(task).__name__
-    if name == "BashOperator":
-        return shlex.split(task.bash_command)
+    if name == "BashOperator":  # the stage's line inside the XCom-file wrapper
+        (line,) = [line for line in task.bash_command.splitlines() if " -m pipeline " in line]
+        return shlex.split(line)
     if name == "DockerOperator":
         return [*task.entrypoint, *task.command]
     return [*task.cmds, *task.arguments]
@@ -104,13 +112,75 @@ def test_bad_runtime_settings_are_named(tmp_path):
         runtimes.load({"CHAT_RETRAIN_RUNTIME": "docker", "CHAT_RETRAIN_RUNTIME_CONFIG": str(tmp_path / "r.yaml")})
 
 
-def test_stage_writes_its_xcom_file_for_kubernetes(tmp_path, monkeypatch):
+LOGICAL_DATE = datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC)
+EXIT_GARBAGE = """import atexit, sys
+atexit.register(lambda: (print("garbage printed at exit"), print("ResourceWarning: at exit", file=sys.stderr)))
+"""
+
+
+def _run_local_ingest(monkeypatch, config: Path):
+    """The DAG's real `ingest` task (BashOperator, local runtime) run by Airflow: dag.test on that task alone."""
+    only_ingest = _dag(monkeypatch, "local").partial_subset(task_ids=["ingest"], include_downstream=False,
+                                                            include_upstream=False)
+    task = only_ingest.task_dict["ingest"]
+    task.retries, task.on_failure_callback = 0, None  # a failure is final at once; no MLflow failure record here
+    run = only_ingest.test(logical_date=LOGICAL_DATE, run_conf={"config": str(config)})
+    (instance,) = run.get_task_instances()
+    return instance
+
+
+@pytest.mark.timeout(300)
+def test_local_task_pushes_its_xcom_file_not_what_the_interpreter_prints_at_exit(airflow_db, make_config, tmp_path,
+                                                                                monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(EXIT_GARBAGE)  # every python the task starts prints after the stage
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the wrapper's temp file lives: it must be gone after
+    instance = _run_local_ingest(monkeypatch, make_config())
+    assert instance.state == "success"
+    assert instance.xcom_pull(task_ids="ingest") == str(tmp_path / "data" / "conversations" / "dt=2026-11-22")
+    assert not list(tmp_path.glob("pipeline-xcom.*"))
+
+
+@pytest.mark.timeout(300)
+def test_local_task_of_a_failing_stage_fails_and_pushes_no_xcom(airflow_db, make_config, monkeypatch):
+    instance = _run_local_ingest(monkeypatch, make_config(ingest={"no_such_setting": 1}))  # exit 2: config error
+    assert instance.state == "failed"
+    assert instance.xcom_pull(task_ids="ingest") is None
+
+
+def test_local_wrapper_keeps_the_exit_code_and_fails_without_a_written_file(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+    failed = subprocess.run(["bash", "-c", runtimes.with_xcom_file("sh -c 'echo data/x; exit 3'")], env=env,
+                            capture_output=True, text=True)
+    assert failed.returncode == 3 and failed.stdout == "data/x\n"  # no URI line after a failed stage
+    silent = subprocess.run(["bash", "-c", runtimes.with_xcom_file("echo data/looks-like-a-uri")], env=env,
+                            capture_output=True, text=True)
+    assert silent.returncode == 1 and "wrote no output URI to PIPELINE_XCOM_FILE" in silent.stderr
+    assert not list(tmp_path.glob("pipeline-xcom.*"))
+
+
+def test_docker_task_decodes_the_file_the_stage_wrote(monkeypatch, tmp_path):
     from pipeline import cli
 
-    monkeypatch.setenv("PIPELINE_XCOM_FILE", str(tmp_path / "xcom" / "return.json"))
-    monkeypatch.setenv("LOCAL_RANK", "1")  # one writer per node
-    cli._write_xcom(Path("data/conversations/dt=2026-11-22"))
-    assert not (tmp_path / "xcom").exists()
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    cli._write_xcom(Path("data/conversations/dt=2026-11-22"))
-    assert (tmp_path / "xcom" / "return.json").read_text() == '"data/conversations/dt=2026-11-22"'
+    task = copy.deepcopy(_dag(monkeypatch, "docker").task_dict["evaluate"])  # as partial_subset / dag.test copy it
+    assert task.retrieve_output and task.environment["PIPELINE_XCOM_FILE"] == task.retrieve_output_path
+    written = tmp_path / Path(task.retrieve_output_path).name
+    monkeypatch.setenv("PIPELINE_XCOM_FILE", str(written))
+    cli._write_xcom("runs/manual__2026-11-22/evaluate")
+
+    def get_archive(container, path):
+        """The Docker API's reply to `docker cp` out of a container: a tar stream of the one file, and its stat.
+        (No Docker engine on this tier; tests/containers runs DockerOperator against podman's real API.)"""
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(written, arcname=Path(path).name)
+        return [archive.getvalue()], {"name": Path(path).name, "size": written.stat().st_size}
+
+    task.__dict__["hook"] = SimpleNamespace(api_client=SimpleNamespace(get_archive=get_archive))  # a cached property
+    value = task._copy_from_docker("container-id", task.retrieve_output_path)  # DockerOperator's own decoding
+    assert value == "runs/manual__2026-11-22/evaluate"
+    task._post_execute_hook({"ti": task}, value)
+    with pytest.raises(ValueError, match="task evaluate: the stage exited 0 but its PIPELINE_XCOM_FILE held no"):
+        task._post_execute_hook({"ti": task}, None)  # what DockerOperator returns when the file is missing

@@ -1,8 +1,11 @@
-"""The stage command line: argument checks, the run type the backfill guard depends on, the output URI last."""
+"""The stage command line: argument checks, the run type the backfill guard depends on, the output URI written to
+the XCom file (the runtimes' channel) and printed last on stdout (for people and hand-run scripts)."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,13 +36,36 @@ def test_the_deepspeed_launchers_local_rank_argument_is_accepted():
     assert args.stage == "train" and args.local_rank == 1
 
 
-def test_the_output_uri_stays_the_last_line_after_the_progress_lines(make_config):
-    # A bash task pushes its last line of output (stdout and stderr together) to XCom: progress must come before.
+def test_the_output_uri_goes_to_the_xcom_file_and_last_on_stdout(make_config, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PIPELINE_PROGRESS"}
+    env["PIPELINE_XCOM_FILE"] = str(tmp_path / "xcom" / "return.json")
     result = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--config", str(make_config()),
                              "--run-date", "2026-11-22"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, timeout=300)
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0 and "[ingest] started" in lines and any(
         line.startswith("[ingest] done in ") for line in lines)
-    assert lines[-1].endswith("conversations/dt=2026-11-22")
+    uri = str(tmp_path / "data" / "conversations" / "dt=2026-11-22")
+    assert lines[-1] == uri
+    assert json.loads((tmp_path / "xcom" / "return.json").read_text()) == uri
+
+
+def test_one_xcom_writer_per_node_and_the_file_is_one_json_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_XCOM_FILE", str(tmp_path / "xcom" / "return.json"))
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's other local ranks return the same URI: they stay silent
+    cli._write_xcom(Path("data/conversations/dt=2026-11-22"))
+    assert not (tmp_path / "xcom").exists()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    cli._write_xcom(Path("data/conversations/dt=2026-11-22"))
+    # One line (the local runtime prints it as the task's last output line); no temp file left beside it.
+    assert [p.name for p in (tmp_path / "xcom").iterdir()] == ["return.json"]
+    assert (tmp_path / "xcom" / "return.json").read_text().splitlines() == ['"data/conversations/dt=2026-11-22"']
+
+
+def test_a_failed_stage_writes_no_xcom_file(make_config, tmp_path):
+    env = {**os.environ, "PIPELINE_XCOM_FILE": str(tmp_path / "return.json")}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--config",
+                             str(make_config(ingest={"no_such_setting": 1})), "--run-date", "2026-11-22"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "no_such_setting" in result.stderr
+    assert not (tmp_path / "return.json").exists()

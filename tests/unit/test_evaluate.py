@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import chat_data, evaluate, models
+from pipeline import chat_data, evaluate, models, storage
 from pipeline.anchor import EvaluationSetError
 from pipeline.config import ProjectConfig, RunContext
 
@@ -41,7 +41,8 @@ def _dataset(tmp_path, splits):
                   "text": ["Hello", "Hi there!"], "language": ["en", "en"], "split": splits}).to_parquet(
         dataset / "turns.parquet")
     (dataset / "manifest.json").write_text(json.dumps(
-        {"dataset": "conversations", "partition_date": "2026-11-22", "digest": "abc" * 8}))
+        {"dataset": "conversations", "partition_date": "2026-11-22",
+         "digest": storage.file_digest([dataset / "turns.parquet"])}))
     return dataset
 
 

@@ -72,3 +72,51 @@ def test_a_successful_retry_clears_the_failure_of_its_stage_only(tmp_path, monke
     assert not [key for key in parent.data.tags if key.startswith("failure.") and ".recovered." not in key]
     assert parent.data.tags["failure.recovered.evaluate"] == "RuntimeError: tracking server went away"
     assert parent.info.status == "FINISHED"
+
+
+ATTEMPT = """
+import sys, time
+from pipeline import tracking
+from pipeline.config import ProjectConfig, RunContext
+project = ProjectConfig(tracking_uri=sys.argv[1], artifact_root=sys.argv[2], experiment="exp")
+with tracking.stage_run(project, RunContext("2026-11-22", "night-1", "dag", "scheduled"), "train"):
+    print("started", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("callback", [True, False], ids=["failure-callback", "retry-only"])
+def test_a_killed_attempt_is_ended_not_left_running(tmp_path, monkeypatch, callback):
+    """kill -9 leaves the attempt's MLflow run RUNNING; the failure callback ends it FAILED, and a retry that starts
+    without one (the callback itself lost) ends it KILLED. Either way only the retry's run is FINISHED."""
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.config import RunContext
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config, ctx = project(tmp_path), RunContext("2026-11-22", "night-1", "dag", "scheduled")
+    attempt = subprocess.Popen([sys.executable, "-c", ATTEMPT, config.tracking_uri, config.artifact_root],
+                               stdout=subprocess.PIPE, text=True)
+    assert attempt.stdout.readline().strip() == "started"
+    attempt.send_signal(signal.SIGKILL)
+    attempt.wait(timeout=30)
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    parent_id = tracking.parent_run_id(config, ctx)
+
+    def stage_runs():
+        found = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                   filter_string="tags.`pipeline.stage` = 'train'", order_by=["start_time ASC"])
+        return [(run.info.status, run.data.tags.get("pipeline.ended_by")) for run in found]
+
+    assert stage_runs() == [("RUNNING", None)]
+    if callback:
+        tracking.record_failure(config, ctx, "train", "Task received SIGKILL")
+        assert stage_runs() == [("FAILED", "Airflow marked task train failed")]
+    with tracking.stage_run(config, ctx, "train"):  # the retry
+        pass
+    killed = ("FAILED", "Airflow marked task train failed") if callback else (
+        "KILLED", "a new attempt of the task started")
+    assert stage_runs() == [killed, ("FINISHED", None)]
+    assert client.get_run(parent_id).info.status == "FINISHED"
