@@ -24,7 +24,7 @@ export TOKENIZERS_PARALLELISM := false
 # Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
 WITH_STACK = $(PY) -m pipeline.stack up --services s3,mlflow && eval "$$($(PY) -m pipeline.stack env)" &&
 
-.PHONY: setup run airflow-db ui browser test test-slow test-containers test-faults lint lint-infra clean lock bench rollback models \
+.PHONY: setup run airflow-db ui browser test test-slow test-containers test-faults lint lint-infra clean lock bench bench-evaluate rollback models \
 	serve chat backfill images up status down
 
 setup: $(VENV)/.installed
@@ -92,6 +92,13 @@ bench: setup
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_tokenization.py
+	$(PY) benchmarks/report.py --readme README.md
+
+## The generation cache measured: two real nights of the embedded DAG (own experiment), evaluate night 1 vs 2.
+bench-evaluate: airflow-db
+	$(WITH_STACK) $(PY) benchmarks/bench_evaluate_cache.py --config $(CONFIG)
+	$(PY) benchmarks/report.py --readme README.md
 
 ## Registry: list versions and aliases; move `champion` back to VERSION (make rollback VERSION=3 REASON="...").
 models: setup

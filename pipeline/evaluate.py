@@ -9,7 +9,10 @@ twice with the same loaded weights: on the rolling held-out split, and on the fi
 whose scores are `anchor_<metric>`. Metric names are `<model>/[anchor_]<metric>[_<lang>]`, the same every night, so
 the MLflow compare view lines runs up. Per-example replies and similarities are in samples.parquet (held-out) and
 samples_anchor.parquet (columns language, prompt, reference, <model>, <model>_similarity) for promote's bootstrap.
-Prints the directory holding evaluation.json for the promote task.
+A model whose exact weights were already scored on the same examples with the same settings (the base model every
+night, the champion once its night as candidate is cached) is not loaded: its replies and perplexity come from the
+generation cache (generation_cache.py; hits and misses on the run's `evaluate.cache.*` tags and in
+evaluation.json), and its metrics are recomputed from them. Prints the directory holding evaluation.json.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pipeline import (
     anchor,
     chat_data,
     generation,
+    generation_cache,
     languages,
     metrics,
     models,
@@ -45,6 +49,7 @@ from pipeline import (
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
+EVAL_DTYPE, EVAL_DEVICE = torch.float32, "cpu"  # fp32: batched greedy then matches one-at-a-time decoding
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,11 @@ class EvaluateConfig:
     min_examples_per_language: int | None = field(
         default=10, metadata={"help": "Fewest held-out replies per language (promote's bootstrap); null: no check."}
     )
+    cache: bool = field(default=True, metadata={
+        "help": "Reuse the replies of weights already scored on the same examples and settings; false: compute all."})
+    cache_uri: str | None = field(default=None, metadata={
+        "help": "Where cache entries live: null = artifacts of the experiment's generation-cache MLflow run; or "
+                "s3://... or a directory (generation_cache.py)."})
 
     def __post_init__(self):
         if self.anchor is not None:
@@ -81,6 +91,7 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
         anchor_set = anchor_examples(config, turns)
         others, champion_version = incumbents(config, project, ctx)
         contenders = {"candidate": model, **others}
+        cache = generation_cache.open_cache(config.cache, config.cache_uri, mlflow.active_run().info.experiment_id)
         scores, samples = {}, sample_table(examples)
         anchor_samples = sample_table(anchor_set.examples if anchor_set else [])
         candidate_prompt = trained_system_prompt(model)
@@ -88,13 +99,15 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
             # Each fine-tuned model is prompted as it was trained; the base model as tonight's candidate.
             system_prompt = trained_system_prompt(reference) if name == "champion" else candidate_prompt
             scores[name], columns, anchor_columns = evaluate_model(
-                reference, examples, turns, config, system_prompt, name, anchor_set.examples if anchor_set else [])
+                reference, examples, turns, config, system_prompt, name, anchor_set.examples if anchor_set else [],
+                cache)
             samples = samples.assign(**columns)
             anchor_samples = anchor_samples.assign(**anchor_columns)
         shutil.rmtree(storage.run_dir(project, ctx, "evaluate_champion"), ignore_errors=True)  # a 0.5 GB copy
+        cache_report = cache.report() if cache else {"enabled": False}
         output = write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, partition, model,
-                               champion_version, config.evaluate_champion)
-        log_results(scores, samples, anchor_samples)
+                               champion_version, config.evaluate_champion, cache_report)
+        log_results(scores, samples, anchor_samples, cache)
     return output
 
 
@@ -151,40 +164,74 @@ def trained_system_prompt(model_dir: str) -> str | None:
 
 
 def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt, name: str = "model",
-                   anchor_examples: list[chat_data.EvalExample] = ()):
+                   anchor_examples: list[chat_data.EvalExample] = (),
+                   cache: generation_cache.GenerationCache | None = None):
     """One model's scores on the held-out examples and, with the weights loaded once, on the anchor examples (keys
-    `anchor_*`); plus per-example sample columns (`<name>`: reply, `<name>_similarity`) of each set."""
-    tokenizer = models.load_tokenizer(reference)
-    model = models.load_model(reference)  # fp32: batched greedy then matches one-at-a-time decoding
-    scores, columns = score_examples(model, tokenizer, examples, config, system_prompt, name)
-    scores["perplexity"] = reference_perplexity(model, tokenizer, turns, config, system_prompt)
+    `anchor_*`); plus per-example sample columns (`<name>`: reply, `<name>_similarity`) of each set. Replies and
+    perplexity come from `cache` where it holds them; the weights are loaded only for the sets it does not."""
+    sets = {"held_out": (examples, held_out_dialogues(turns, config))}
+    if anchor_examples:
+        sets["anchor"] = (anchor_examples, [[*e.history, {"role": "assistant", "content": e.reference}]
+                                            for e in anchor_examples])
+    keys = cache_keys(cache, reference, name, sets, config, system_prompt)
+    found = {s: cache.get(keys[s], len(sets[s][0]), name, s) for s in sets} if cache else dict.fromkeys(sets)
+    missing = [set_name for set_name, outputs in found.items() if outputs is None]
+    if missing:
+        tokenizer, model = models.load_tokenizer(reference), models.load_model(reference, EVAL_DTYPE)
+        for set_name in missing:
+            label = name if set_name == "held_out" else f"{name} {set_name}"  # progress: which model, which set
+            found[set_name] = compute_outputs(model, tokenizer, *sets[set_name], config, system_prompt, label)
+            if cache:
+                cache.put(keys[set_name], found[set_name])
+    scores, columns = score_replies(found["held_out"], examples, name)
     anchor_columns = {}
     if anchor_examples:
-        anchor_scores, anchor_columns = score_examples(
-            model, tokenizer, anchor_examples, config, system_prompt, name, label=f"{name} anchor")
-        dialogues = [[*e.history, {"role": "assistant", "content": e.reference}] for e in anchor_examples]
-        anchor_scores["perplexity"] = dialogue_perplexity(model, tokenizer, dialogues, config, system_prompt)
+        anchor_scores, anchor_columns = score_replies(found["anchor"], anchor_examples, name)
         scores.update({f"anchor_{key}": value for key, value in anchor_scores.items()})
     log.info("%s: %s", reference, {k: round(v, 2) for k, v in scores.items() if "_" not in k.removeprefix("anchor_")})
     return scores, columns, anchor_columns
 
 
-def score_examples(model, tokenizer, examples, config: EvaluateConfig, system_prompt, name: str, label: str = ""):
-    """Greedy replies to `examples`: corpus scores (n-gram metrics and similarity) and the per-example columns."""
+def cache_keys(cache, reference, name: str, sets: dict, config: EvaluateConfig, system_prompt) -> dict:
+    """The cache key of each set for this model; none without a cache (the weights are then not even hashed)."""
+    if cache is None:
+        return {}
+    digest = cache.model_digests[name] = generation_cache.weights_digest(reference)
+    settings = generation_cache.settings(
+        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, max_seq_length=config.max_seq_length,
+        system_prompt=system_prompt, dtype=str(EVAL_DTYPE), device=EVAL_DEVICE,
+        code=(generation, chat_data, models, dialogue_perplexity))  # the code that renders, decodes and measures
+    return {set_name: generation_cache.Key(digest, generation_cache.examples_digest(*pair), settings)
+            for set_name, pair in sets.items()}
+
+
+def compute_outputs(model, tokenizer, examples, dialogues, config: EvaluateConfig, system_prompt, label: str):
+    """Greedy replies to `examples` and the perplexity of `dialogues`' references: what the cache stores."""
     replies = generation.generate_replies(
         model, tokenizer, [e.history for e in examples], system_prompt, config.max_new_tokens, config.batch_size,
-        on_batch=functools.partial(progress.generation, label or name),  # which model, batch i/n, replies so far
+        on_batch=functools.partial(progress.generation, label),  # which model, batch i/n, replies so far
     )
-    references, languages = [e.reference for e in examples], [e.language for e in examples]
+    return generation_cache.Outputs(replies, dialogue_perplexity(model, tokenizer, dialogues, config, system_prompt))
+
+
+def score_replies(outputs: generation_cache.Outputs, examples, name: str):
+    """Corpus scores (n-gram metrics, similarity, perplexity) and the per-example columns, from the replies: metric
+    code changes apply to cached replies too."""
+    replies, references, languages = outputs.replies, [e.reference for e in examples], [e.language for e in examples]
     per_example = similarity.cosines(replies, references)
-    scores = {**metrics.score(replies, references, languages), **similarity.score(per_example, languages)}
+    scores = {**metrics.score(replies, references, languages), **similarity.score(per_example, languages),
+              "perplexity": outputs.perplexity}
     return scores, {name: replies, f"{name}_similarity": per_example}
+
+
+def held_out_dialogues(turns, config: EvaluateConfig) -> list[list[dict]]:
+    """The held-out conversations whose reference replies the perplexity pass scores."""
+    return [messages for _, _, messages in chat_data.conversations(turns, config.split)[: config.max_examples]]
 
 
 def reference_perplexity(model, tokenizer, turns, config: EvaluateConfig, system_prompt) -> float:
     """exp(mean NLL) of the reference assistant tokens given their history, over the evaluation split."""
-    dialogues = [messages for _, _, messages in chat_data.conversations(turns, config.split)[: config.max_examples]]
-    return dialogue_perplexity(model, tokenizer, dialogues, config, system_prompt)
+    return dialogue_perplexity(model, tokenizer, held_out_dialogues(turns, config), config, system_prompt)
 
 
 @torch.inference_mode()
@@ -210,7 +257,7 @@ def dialogue_perplexity(model, tokenizer, dialogues: list[list[dict]], config: E
 
 
 def write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, partition, model, champion_version,
-                  champion_checked: bool) -> Path:
+                  champion_checked: bool, cache_report: dict) -> Path:
     final, manifest = storage.run_dir(project, ctx, "evaluate"), partition.manifest
     files = ["evaluation.json", "samples.parquet"] + (["samples_anchor.parquet"] if anchor_set else [])
     with storage.atomic_dir(final) as scratch:
@@ -224,15 +271,20 @@ def write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, par
             "champion_version": champion_version, "champion_checked": champion_checked,
             "anchor": anchor_set and {"name": anchor_set.name, "digest": anchor_set.digest,
                                       "source": anchor_set.source, "examples": len(anchor_set.examples)},
+            "cache": cache_report,  # which replies were reused, and the weights digests they were found by
         })
         storage.write_json(scratch / storage.MANIFEST, {"files": files})
     return final
 
 
-def log_results(scores: dict[str, dict[str, float]], samples: pd.DataFrame, anchor_samples: pd.DataFrame) -> None:
+def log_results(scores: dict[str, dict[str, float]], samples: pd.DataFrame, anchor_samples: pd.DataFrame,
+                cache: generation_cache.GenerationCache | None) -> None:
     flat = {f"{name}/{metric}": value for name, values in scores.items() for metric, value in values.items()}
     mlflow.log_metrics(flat)
     mlflow.log_metrics({"evaluate/examples": len(samples), "evaluate/anchor_examples": len(anchor_samples)})
+    mlflow.set_tags(cache.tags() if cache else {"evaluate.cache": "off"})
+    if cache:
+        mlflow.log_metrics({f"evaluate/cache_{kind}": count for kind, count in cache.counts().items()})
     mlflow.log_table(samples, artifact_file="eval_samples.json")
     if len(anchor_samples):
         mlflow.log_table(anchor_samples, artifact_file="eval_samples_anchor.json")

@@ -5,10 +5,10 @@
     python -m pipeline train ... --set train.deepspeed=configs/deepspeed/zero2.json   # DeepSpeed, one process
     torchrun --nproc-per-node 2 -m pipeline train ... --set train.deepspeed=...      # N processes, same command
 
-Loss is on assistant tokens only (see chat_data). Conversations are packed into rows of max_seq_length tokens
-(batching.py) or length-grouped and padded per batch. Checkpoints go to the run's train directory; a retried or
-SIGTERM-ed task resumes from the last one. Only rank 0 logs to MLflow and writes the model, in Hugging Face format,
-to the run's `train/model` directory, which is printed for the next task.
+Loss is on assistant tokens only (see chat_data), computed without the full logits (losses.py). Conversations
+are packed into rows of max_seq_length tokens (batching.py) or length-grouped and padded per batch. Checkpoints go
+to the run's train directory; a retried or SIGTERM-ed task resumes from the last one. Only rank 0 logs to MLflow and
+writes the model, in Hugging Face format, to the run's `train/model` directory, which is printed for the next task.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,21 +24,22 @@ import mlflow
 import torch
 import transformers
 from datasets import Dataset
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
 from pipeline import (
     batching,
-    chat_data,
     checkpoints,
     distributed,
+    losses,
     models,
     partitions,
-    progress,
     storage,
+    tokenization,
     tracking,
     tuning,
 )
 from pipeline.config import ProjectConfig, RunContext, as_params
+from pipeline.train_reporting import StepMetrics, StepProgress
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class TrainConfig:
     drop_replyless: bool = field(default=False, metadata={
         "help": "A conversation whose every reply is cut off by max_seq_length fails the run; True drops it."})
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32. bf16 = autocast, fp32 master."})
+    chunked_loss: bool = field(default=True, metadata={
+        "help": "Output head + loss in chunks of labelled positions, never the full logits (losses.py): less memory "
+                "and time, same loss. Off under ZeRO-3 (it partitions the head)."})
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute each layer's activations in the backward: ~1/3 more compute, far less activation memory."})
     mode: str = field(default="full", metadata={"help": "full | lora | freeze (all but trainable_top_layers)."})
     trainable_top_layers: int = field(default=4, metadata={"help": "freeze mode: decoder layers left trainable."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -91,8 +96,7 @@ class TrainConfig:
         if self.deepspeed is not None:
             if not Path(self.deepspeed).is_file():
                 raise ValueError(f"deepspeed config {self.deepspeed!r} does not exist")
-            stage = json.loads(Path(self.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0)
-            if self.mode == "lora" and stage == 3:
+            if self.mode == "lora" and zero_stage(self) == 3:
                 raise ValueError("mode lora with ZeRO-3 is not supported (the adapter merge needs whole weights); "
                                  "use a ZeRO-2 config")
         if self.checkpoint_mirror is not None and not self.checkpoint_mirror.startswith("s3://"):
@@ -102,85 +106,110 @@ class TrainConfig:
 
 
 def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: str) -> Path:
+    """Every rank trains; rank 0 alone restores checkpoints, talks to MLflow and cleans up (the _rank0_ steps)."""
     set_seed(config.seed)
     main = distributed.is_main_process()
     with tracking.stage_run(project, ctx, "train", enabled=main):
         partition = partitions.read(dataset)  # refuses bytes other than those validate approved
-        manifest, turns = partition.manifest, partition.turns
         tokenizer = models.load_tokenizer(project.base_model)
-        train_set, train_stats = build_dataset(turns, "train", tokenizer, config)
-        val_set, val_stats = build_dataset(turns, "validation", tokenizer, config, limit=config.max_eval_conversations)
+        train_set, train_stats = build_dataset(partition.turns, "train", tokenizer, config)
+        val_set, val_stats = build_dataset(partition.turns, "validation", tokenizer, config,
+                                           limit=config.max_eval_conversations)
         model = tuning.prepare(models.load_model(project.base_model), config)
-        # No KV cache while training: with one, transformers skips the packed-sequence mask (and wastes memory).
-        model.config.use_cache = False
         output = storage.run_dir(project, ctx, "train")
         trainer, collator = make_trainer(model, tokenizer, train_set, val_set, config, output / "checkpoints")
-        stopper = checkpoints.StopOnSigterm()
-        trainer.add_callback(stopper)
         mirror = checkpoints.mirror_uri(config.checkpoint_mirror, output)
         if main:
-            checkpoints.prepare(output / "checkpoints", mirror, {
-                "config": as_params(config, "train"), "data_digest": manifest["digest"],
-                "base_model": project.base_model, "world_size": distributed.world_size()})
-        for callback in checkpoints.callbacks(mirror):  # seal each checkpoint, then upload it
-            trainer.add_callback(callback)
-        trainer.accelerator.wait_for_everyone()  # rank 0 may just have restored or cleared checkpoints
-        resume = checkpoints.latest_complete(output / "checkpoints")
+            _rank0_prepare_checkpoints(config, project, partition.manifest, output / "checkpoints", mirror)
+        stopper, resume = attach_checkpoints(trainer, output / "checkpoints", mirror)  # after rank 0's restore
         if main:
-            mlflow.log_params({**as_params(config, "train"), "train.base_model": project.base_model,
-                               "train.world_size": distributed.world_size(),
-                               "train.resolved_precision": "bf16" if trainer.args.bf16 else "fp32",
-                               "train.resumed_from": resume.name if resume else "none"})
-            mlflow.log_metrics({**train_stats, **val_stats, **tuning.parameter_counts(model)})
-            tracking.log_dataset(partition.path, manifest, context="training")
-        if resume:
-            log.info("resuming from %s", resume)
-        stopper.install()
-        with checkpoints.explain_full_disk(output / "checkpoints"):  # ENOSPC: say where, and what is intact
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        if stopper.stopped_at is not None:
-            raise TrainingInterrupted(f"stopped by SIGTERM at step {stopper.stopped_at} of {config.max_steps}; "
-                                      f"checkpoint saved in {output / 'checkpoints'}; a rerun resumes from it")
-        val_loss = trainer.evaluate()["eval_loss"]
+            _rank0_log_inputs(config, project, trainer, partition, resume, {**train_stats, **val_stats})
+        result, val_loss = train_and_validate(trainer, config, stopper, resume, output / "checkpoints")
         summary = {"train_loss": result.training_loss, "val_loss": val_loss, "global_step": result.global_step,
                    "padding_waste": collator.padding_waste, "resumed_from": resume.name if resume else None}
-        model_dir = save(trainer, tokenizer, config, project, manifest, output / "model", summary)
+        model_dir = save(trainer, tokenizer, config, project, partition.manifest, output / "model", summary)
         if main:
-            tracking.log_to_parent({"train/loss": result.training_loss, "val/loss": val_loss})
-            mlflow.log_metric("train/padding_waste_total", collator.padding_waste)
-            if not config.keep_checkpoints:
-                shutil.rmtree(output / "checkpoints", ignore_errors=True)
-                if mirror:
-                    checkpoints.forget(mirror)
+            _rank0_log_results_and_clean_up(config, summary, output / "checkpoints", mirror)
     distributed.finish()
     return model_dir
 
 
+def _rank0_prepare_checkpoints(config, project, manifest, checkpoint_dir: Path, mirror: str | None) -> None:
+    """Restore the mirror's checkpoints, or clear ones that belong to another config, data or world size."""
+    checkpoints.prepare(checkpoint_dir, mirror, {
+        "config": as_params(config, "train"), "data_digest": manifest["digest"],
+        "base_model": project.base_model, "world_size": distributed.world_size()})
+
+
+def attach_checkpoints(trainer, checkpoint_dir: Path, mirror: str | None):
+    """All ranks: stop on SIGTERM with a checkpoint, seal (and upload) each checkpoint; the one to resume from."""
+    stopper = checkpoints.StopOnSigterm()
+    trainer.add_callback(stopper)
+    for callback in checkpoints.callbacks(mirror):  # seal each checkpoint, then upload it
+        trainer.add_callback(callback)
+    trainer.accelerator.wait_for_everyone()  # rank 0 may just have restored or cleared checkpoints
+    resume = checkpoints.latest_complete(checkpoint_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    return stopper, resume
+
+
+def _rank0_log_inputs(config, project, trainer, partition, resume, data_stats: dict) -> None:
+    mlflow.log_params({**as_params(config, "train"), "train.base_model": project.base_model,
+                       "train.world_size": distributed.world_size(),
+                       "train.resolved_precision": "bf16" if trainer.args.bf16 else "fp32",
+                       "train.resolved_chunked_loss": trainer.chunked_loss,
+                       "train.resumed_from": resume.name if resume else "none"})
+    mlflow.log_metrics({**data_stats, **tuning.parameter_counts(trainer.model)})
+    tracking.log_dataset(partition.path, partition.manifest, context="training")
+
+
+def train_and_validate(trainer, config, stopper, resume, checkpoint_dir: Path):
+    """All ranks: train (resuming), then the validation loss; a SIGTERM ends here, after its checkpoint."""
+    stopper.install()
+    with checkpoints.explain_full_disk(checkpoint_dir):  # ENOSPC: say where, and what is intact
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stopper.stopped_at is not None:
+        raise TrainingInterrupted(f"stopped by SIGTERM at step {stopper.stopped_at} of {config.max_steps}; "
+                                  f"checkpoint saved in {checkpoint_dir}; a rerun resumes from it")
+    return result, trainer.evaluate()["eval_loss"]
+
+
+def _rank0_log_results_and_clean_up(config, summary: dict, checkpoint_dir: Path, mirror: str | None) -> None:
+    tracking.log_to_parent({"train/loss": summary["train_loss"], "val/loss": summary["val_loss"]})
+    mlflow.log_metric("train/padding_waste_total", summary["padding_waste"])
+    if not config.keep_checkpoints:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if mirror:
+            checkpoints.forget(mirror)
+
+
 def build_dataset(turns, split, tokenizer, config: TrainConfig, limit: int | None = None) -> tuple[Dataset, dict]:
-    samples, replyless = [], []
-    for cid, _, messages in chat_data.conversations(turns, split)[:limit]:
-        encoded = chat_data.tokenize_conversation(tokenizer, messages, config.max_seq_length, config.system_prompt)
-        if encoded is None:  # truncation removed every assistant token: nothing to learn from
-            replyless.append(cid)
-            continue
-        samples.append({**encoded, "conversation_ids": [cid]})
+    """Tokenized (and packed) samples of a split: each conversation's template rendered once, labels from offsets,
+    in batches over worker processes (pipeline/tokenization.py; equal to chat_data.tokenize_conversation's)."""
+    tokenized = tokenization.tokenize_split(turns, split, tokenizer, config.max_seq_length, config.system_prompt,
+                                            limit=limit)
+    replyless = tokenized.replyless
     if replyless and not config.drop_replyless:
         raise ValueError(
             f"split {split!r}: {len(replyless)} conversation(s) lose every assistant reply when cut to "
             f"max_seq_length={config.max_seq_length} tokens, e.g. {replyless[:5]}; raise train.max_seq_length or "
             "set train.drop_replyless=true to skip them (they are counted in MLflow)")
-    if not samples:
+    if not tokenized.conversation_ids:
         raise ValueError(f"split {split!r}: no conversation has an assistant turn within {config.max_seq_length} tokens")
-    tokens = sum(len(s["input_ids"]) for s in samples)
-    rows = batching.pack(samples, config.max_seq_length) if config.packing else samples
-    stats = {f"data/{split}_conversations": len(samples), f"data/{split}_dropped_replyless": len(replyless),
-             f"data/{split}_tokens": tokens, f"data/{split}_rows": len(rows)}
-    return Dataset.from_list(rows), stats
+    dataset = tokenization.to_dataset(tokenized, config.max_seq_length if config.packing else None)
+    stats = {f"data/{split}_conversations": len(tokenized.conversation_ids),
+             f"data/{split}_dropped_replyless": len(replyless), f"data/{split}_tokens": tokenized.tokens,
+             f"data/{split}_rows": len(dataset)}
+    return dataset, stats
 
 
 def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, output_dir: Path):
     if config.deepspeed:
         distributed.single_process_env()
+    # No KV cache while training: with one, transformers skips the packed-sequence mask (and wastes memory).
+    model.config.use_cache = False
+    chunked_loss = _add_chunked_loss(model, config)  # before the Trainer: it reads the forward's signature
     bf16 = config.precision == "bf16" or (config.precision == "auto" and _bf16_supported())
     every = config.checkpoint_steps
     args = TrainingArguments(
@@ -196,6 +225,7 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
         # Without CUDA say so: accelerate then sets up gloo and counts processes right (it counts 1 under DeepSpeed).
         use_cpu=not torch.cuda.is_available(),
         bf16=bf16,  # autocast; master weights and optimizer state stay fp32
+        activation_checkpointing=config.activation_checkpointing,
         # Packed rows are all ~max_seq_length long; unpacked conversations are grouped by length to cut padding.
         train_sampling_strategy="random" if config.packing else "group_by_length",
         logging_steps=config.logging_steps,
@@ -222,18 +252,42 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = ChatTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
-                          data_collator=collator, callbacks=callbacks,
+                          data_collator=collator, callbacks=callbacks, chunked_loss=chunked_loss,
                           eval_collator=batching.Collator(tokenizer.pad_token_id, packed=config.packing))
     trainer.remove_callback(transformers.PrinterCallback)  # its raw log dicts: StepProgress prints step/total, loss and ETA
     return trainer, collator
 
 
-class ChatTrainer(Trainer):
-    """Trainer whose validation batches go through their own collator, so token counts measure training only."""
+def _add_chunked_loss(model, config: TrainConfig) -> bool:
+    if not config.chunked_loss:
+        return False
+    plain = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a LoRA wrapper
+    if zero_stage(config) == 3 or not losses.supports_chunked_loss(plain):
+        log.warning("train.chunked_loss: not possible with %s%s; the stock loss (full logits) is used",
+                    type(plain).__name__, " under ZeRO-3" if zero_stage(config) == 3 else "")
+        return False
+    losses.add_chunked_loss(plain)
+    return True
 
-    def __init__(self, *args, eval_collator, **kwargs):
+
+def zero_stage(config: TrainConfig) -> int:
+    if config.deepspeed is None:
+        return 0
+    return json.loads(Path(config.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0)
+
+
+class ChatTrainer(Trainer):
+    """Trainer whose validation batches go through their own collator, so token counts measure training only, and
+    whose loss, with chunked_loss, never builds the full logits (losses.py; no compute_metrics needs them)."""
+
+    def __init__(self, *args, eval_collator, chunked_loss: bool, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_collator = eval_collator
+        self.eval_collator, self.chunked_loss = eval_collator, chunked_loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.chunked_loss:
+            inputs = {**inputs, "chunked_loss": True}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def get_eval_dataloader(self, eval_dataset=None):
         train_collator, self.data_collator = self.data_collator, self.eval_collator
@@ -274,65 +328,6 @@ def save(trainer, tokenizer, config, project, manifest, final: Path, summary: di
     if config.deepspeed:
         mlflow.log_artifact(config.deepspeed)
     return final
-
-
-class StepMetrics(TrainerCallback):
-    """Send Trainer logs (loss, learning rate, grad norm, val loss) plus real tokens/s and padding waste to MLflow."""
-
-    def __init__(self, collator: batching.Collator):
-        self.collator = collator
-        self.last = None  # (time, real tokens) at the previous log
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        renamed = {"loss": "train/loss_step", "eval_loss": "val/loss", "learning_rate": "train/learning_rate",
-                   "grad_norm": "train/grad_norm", "train_runtime": "train/runtime_s",
-                   "train_samples_per_second": "train/samples_per_second"}
-        metrics = {renamed[k]: float(v) for k, v in logs.items() if k in renamed and v is not None}
-        now, tokens = time.perf_counter(), self.collator.real_tokens
-        if self.last is not None and now > self.last[0] and tokens > self.last[1]:
-            # Non-pad tokens; every rank sees batches of the same shape, so the world rate is rank 0's x world size.
-            rate = (tokens - self.last[1]) / (now - self.last[0]) * args.world_size
-            metrics.update({"train/tokens_per_second": rate, "train/padding_waste": self.collator.padding_waste})
-        self.last = (now, tokens)
-        mlflow.log_metrics(metrics, step=state.global_step)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.last = (time.perf_counter(), self.collator.real_tokens)
-
-
-class StepProgress(TrainerCallback):
-    """Step / total, loss and ETA for the console (pipeline/progress.py), rank 0 only, at most every 2 s."""
-
-    EVERY_S = 2.0  # a GPU runs many steps a second; the console needs a line every few seconds at most
-
-    def __init__(self):
-        self.began, self.first_step, self.loss, self.last_emit = 0.0, 0, None, 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # ETA from this attempt's own pace: a resumed run starts at the checkpoint's step, not 0.
-        self.began, self.first_step = time.perf_counter(), state.global_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # On a logging step the Trainer calls on_log next, with the fresh loss: that one reports the step.
-        every = getattr(state, "logging_steps", None) or args.logging_steps
-        if args.logging_strategy != "steps" or state.global_step % max(int(every), 1):
-            self._report(state, force=state.global_step >= state.max_steps)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.loss = float(logs["loss"])
-            self._report(state, force=True)
-
-    def _report(self, state, force: bool) -> None:
-        now, step = time.perf_counter(), state.global_step
-        if not state.is_world_process_zero or (now - self.last_emit < self.EVERY_S and not force):
-            return
-        done = step - self.first_step
-        eta = (state.max_steps - step) * (now - self.began) / done if done > 0 else None
-        progress.training_step(step, state.max_steps, eta, self.loss)
-        self.last_emit = now
 
 
 def _bf16_supported() -> bool:

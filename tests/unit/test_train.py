@@ -1,7 +1,9 @@
-"""The training console: the Trainer reports step / total, ETA and loss as progress events, rank 0 only."""
+"""The train stage's Trainer: the console gets step / total, ETA and loss as progress events (rank 0 only); the
+chunked loss (losses.py) trains exactly like the stock one."""
 
 import json
 
+import pytest
 from datasets import Dataset
 
 from pipeline import batching, chat_data, models, progress, train
@@ -12,14 +14,9 @@ def test_trainer_reports_steps_with_eta_and_loss(tiny_model_dir, tmp_path, monke
     monkeypatch.setenv(progress.ENV, str(path))
     monkeypatch.setattr(train.StepProgress, "EVERY_S", 0.0)  # every step, not every 2 s
     monkeypatch.setattr(progress, "_stage", "train")  # as `python -m pipeline train` sets it
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
-    samples = [{**chat_data.tokenize_conversation(tokenizer, [{"role": "user", "content": f"hello {i}"},
-                                                              {"role": "assistant", "content": "hi there"}], 64),
-                "conversation_ids": [str(i)]} for i in range(8)]
     config = train.TrainConfig(max_steps=4, batch_size=2, logging_steps=2, max_seq_length=64, precision="fp32",
                                warmup_steps=0)
-    trainer, _ = train.make_trainer(models.load_model(str(tiny_model_dir)), tokenizer,
-                                    Dataset.from_list(batching.pack(samples, 64)), None, config, tmp_path / "out")
+    trainer = tiny_trainer(tiny_model_dir, config, tmp_path / "out")
     trainer.remove_callback(train.StepMetrics)  # MLflow logging is not under test (no active run here)
     trainer.train()
     steps = [json.loads(line) for line in path.read_text().splitlines()]
@@ -27,3 +24,31 @@ def test_trainer_reports_steps_with_eta_and_loss(tiny_model_dir, tmp_path, monke
     assert all(s["eta_s"] is not None for s in steps) and steps[-1]["eta_s"] == 0
     assert steps[0]["loss"] is None and steps[1]["loss"] > 0  # the loss arrives with the first logging step
     assert progress.line(steps[1]).startswith("[train] step 2/4  loss ")
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation-checkpointing"])
+def test_chunked_loss_trains_step_by_step_like_the_stock_loss(tiny_model_dir, tmp_path, checkpointing):
+    def train_losses(chunked: bool):
+        config = train.TrainConfig(max_steps=3, batch_size=2, logging_steps=1, max_seq_length=64, precision="fp32",
+                                   warmup_steps=0, chunked_loss=chunked, activation_checkpointing=checkpointing)
+        trainer = tiny_trainer(tiny_model_dir, config, tmp_path / str(chunked))
+        trainer.remove_callback(train.StepMetrics)
+        trainer.train()
+        assert trainer.model.is_activation_checkpointing == checkpointing
+        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+        return trainer.chunked_loss, [(e["loss"], e["grad_norm"]) for e in logs]
+
+    (chunked, with_chunks), (stock, without) = train_losses(True), train_losses(False)
+    assert chunked and not stock and len(with_chunks) == 3
+    for (loss, grad_norm), (expected_loss, expected_norm) in zip(with_chunks, without, strict=True):
+        assert loss == pytest.approx(expected_loss, rel=1e-4) and grad_norm == pytest.approx(expected_norm, rel=1e-3)
+
+
+def tiny_trainer(model_dir, config: train.TrainConfig, output):
+    tokenizer = models.load_tokenizer(str(model_dir))
+    samples = [{**chat_data.tokenize_conversation(tokenizer, [{"role": "user", "content": f"hello {i}"},
+                                                              {"role": "assistant", "content": "hi there"}], 64),
+                "conversation_ids": [str(i)]} for i in range(8)]
+    trainer, _ = train.make_trainer(models.load_model(str(model_dir)), tokenizer,
+                                    Dataset.from_list(batching.pack(samples, 64)), None, config, output)
+    return trainer

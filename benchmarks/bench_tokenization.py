@@ -1,0 +1,157 @@
+"""Benchmark: tokenize and pack 1,000,000 synthetic multi-turn conversations for training, on this machine.
+
+    python benchmarks/bench_tokenization.py                          # or: --conversations 20000
+
+The conversations come from bench_ingest's generator (four turns each, 20% Chinese, its duplicates included),
+written as a turns table like the one ingest writes (not timed). A fresh process then does what train's
+build_dataset does: reads the table, tokenizes it with pipeline/tokenization.py and the real SmolLM2 tokenizer
+(each chat template rendered once, labels from offsets, `--workers` forked processes) and packs the samples into
+rows of `--max-seq-length` tokens. Its wall time, conversations/s, tokens/s and the peak memory of it and its
+workers together (sums of PSS and of RSS, sampled every 0.1 s) are measured.
+Target (issue 15, item 4): <= 60 s and <= 4 GiB on 2 cores. Writes bench-results/tokenization.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import bench_ingest
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_turns(conversations: int, scratch: Path) -> Path:
+    """bench_ingest's conversations (its malformed lines skipped) as a train-split turns table."""
+    generated = scratch / "generated"
+    generated.mkdir()
+    bench_ingest.generate(generated, utterances=4 * conversations)
+    columns = {"conversation_id": [], "turn_index": [], "role": [], "text": [], "language": []}
+    for path in sorted(generated.glob("*.jsonl")):
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    messages = json.loads(line)["messages"]
+                except json.JSONDecodeError:
+                    continue  # the generator's deliberately malformed lines
+                cid = f"{path.stem}-{len(columns['conversation_id']):09d}"
+                language = "zh" if messages[0]["content"][:1] in bench_ingest.HANZI else "en"
+                for index, message in enumerate(messages):
+                    columns["conversation_id"].append(cid)
+                    columns["turn_index"].append(index)
+                    columns["role"].append(message["role"])
+                    columns["text"].append(message["content"])
+                    columns["language"].append(language)
+        path.unlink()
+    table = pa.table(columns)
+    table = table.append_column("split", pa.array(["train"] * len(table), pa.string()))
+    pq.write_table(table, scratch / "turns.parquet")
+    return scratch / "turns.parquet"
+
+
+def measure(turns_path: str, max_seq_length: int, workers: int) -> dict:
+    """Runs in the measured process: what build_dataset does for one split, timed step by step."""
+    # One process per core, or (--workers 1) one process whose Rust tokenizer uses every core: the two ways to compare.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false" if workers > 1 else "true"
+    import pandas as pd
+
+    from pipeline import models, tokenization
+    from pipeline.config import ProjectConfig
+
+    tokenizer = models.load_tokenizer(ProjectConfig().base_model)
+    cpu_before = _cpu_seconds()
+    began = time.perf_counter()
+    turns = pd.read_parquet(turns_path)
+    read = time.perf_counter()
+    tokenized = tokenization.tokenize_split(turns, "train", tokenizer, max_seq_length, workers=workers)
+    tokenized_at = time.perf_counter()
+    dataset = tokenization.to_dataset(tokenized, max_seq_length)
+    packed = time.perf_counter()
+    conversations = len(tokenized.conversation_ids) + len(tokenized.replyless)
+    seconds = packed - read
+    return {
+        "conversations": conversations, "replyless": len(tokenized.replyless), "tokens": tokenized.tokens,
+        "rows": len(dataset), "row_fill": round(tokenized.tokens / (len(dataset) * max_seq_length), 3),
+        "seconds": {"read_table": round(read - began, 1), "tokenize": round(tokenized_at - read, 1),
+                    "pack": round(packed - tokenized_at, 1), "tokenize_and_pack": round(seconds, 1)},
+        "conversations_per_s": round(conversations / seconds), "tokens_per_s": round(tokenized.tokens / seconds),
+        # CPU of this process and its workers: on a busy machine wall time is not the code's; cpu / cores is a floor
+        "cpu_seconds": round(_cpu_seconds() - cpu_before, 1),
+    }
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_measured(turns_path: Path, max_seq_length: int, workers: int) -> tuple[dict, dict]:
+    """The measurement in its own process (so generating the data does not count), and its peak memory in GiB:
+    PSS (pages shared by the forked workers split between them: the memory used) and RSS (shared pages counted
+    once per process: errs high), each summed over the process and its workers, sampled every 0.1 s."""
+    command = [sys.executable, __file__, "--measure", str(turns_path), "--max-seq-length", str(max_seq_length),
+               "--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    peak, done = {"pss": 0, "rss": 0}, threading.Event()
+
+    def sample():
+        root = psutil.Process(process.pid)
+        while not done.is_set():
+            try:
+                memory = [p.memory_full_info() for p in [root, *root.children(recursive=True)]]
+                for kind in peak:
+                    peak[kind] = max(peak[kind], sum(getattr(m, kind) for m in memory))
+            except psutil.NoSuchProcess:  # a worker ended between listing and reading
+                pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = process.communicate()
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"the measured process failed (exit {process.returncode})")
+    return json.loads(stdout.strip().splitlines()[-1]), {kind: round(value / 2**30, 2) for kind, value in peak.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--conversations", type=int, default=1_000_000)
+    parser.add_argument("--max-seq-length", type=int, default=256, help="train.max_seq_length: truncation and rows")
+    parser.add_argument("--workers", type=int, default=2, help="tokenizer processes (the machine has 2 cores)")
+    parser.add_argument("--output", default="bench-results/tokenization.json")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: run the measured part on this table
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.max_seq_length, args.workers)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-tokenization-") as scratch:
+        started = time.perf_counter()
+        turns_path = write_turns(args.conversations, Path(scratch))
+        generate_s = time.perf_counter() - started
+        measured, peak = run_measured(turns_path, args.max_seq_length, args.workers)
+    result = {
+        "benchmark": "tokenization", "requested_conversations": args.conversations, **measured,
+        "peak_pss_gib": peak["pss"], "peak_rss_gib": peak["rss"],
+        "target": "<= 60 s tokenize_and_pack, <= 4 GiB peak (PSS), 2 cores",
+        "generate_s_not_timed": round(generate_s, 1), "max_seq_length": args.max_seq_length,
+        "workers": args.workers, "cpu": os.cpu_count(),
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
