@@ -187,8 +187,10 @@ def _rank0_log_results_and_clean_up(config, summary: dict, checkpoint_dir: Path,
 def build_dataset(turns, split, tokenizer, config: TrainConfig, limit: int | None = None) -> tuple[Dataset, dict]:
     """Tokenized (and packed) samples of a split: each conversation's template rendered once, labels from offsets,
     in batches over worker processes (pipeline/tokenization.py; equal to chat_data.tokenize_conversation's)."""
+    # One process: forking workers from the stage (MLflow and torch threads running) hung a fresh-clone CI run
+    # (a worker died, the pool waited forever). The worker pool stays for bench_tokenization's offline measurement.
     tokenized = tokenization.tokenize_split(turns, split, tokenizer, config.max_seq_length, config.system_prompt,
-                                            limit=limit)
+                                            limit=limit, workers=1)
     replyless = tokenized.replyless
     if replyless and not config.drop_replyless:
         raise ValueError(
