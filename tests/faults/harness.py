@@ -7,9 +7,11 @@ and a disturbed one never see each other's outputs or champion: their digests ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,3 +142,22 @@ def digest(path: Path) -> str:
 def hidden_leftovers(root: Path) -> list[str]:
     """Scratch or moved-aside directories of writers (pipeline/storage.py atomic_dir) still lying around."""
     return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str):
+    """A small tmpfs at `mount_point` (a full disk on demand); skips the test, saying why, where mounting is
+    refused (not root, no mount command, a container without CAP_SYS_ADMIN). Unmounted afterwards."""
+    import pytest
+
+    mount_point.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and the mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs at {mount_point}: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

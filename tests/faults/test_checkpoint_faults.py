@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 10, 5  # two checkpoints, 5 and 10: the newest gets damaged, the previous one is resumed
@@ -102,16 +102,8 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_retry_resumes_from_the
 @pytest.fixture
 def small_runs_root(tmp_path):
     """runs_root on a 10 MiB tmpfs: one checkpoint of the tiny model (~6.7 MB) fits, a second does not."""
-    mount_point = tmp_path / "runs"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+    with tmpfs(tmp_path / "runs", "10m") as mount_point:
+        yield mount_point
 
 
 @pytest.mark.timeout(300)

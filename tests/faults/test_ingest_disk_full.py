@@ -10,14 +10,13 @@ directory), and the same command succeeds once there is room.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from dialogue_files import write_jsonl
+from harness import tmpfs
 
 from pipeline import storage
 
@@ -40,18 +39,8 @@ def conversations(count: int, start: int) -> list[dict]:
 @pytest.fixture
 def small_disk(tmp_path):
     """A DISK_BYTES tmpfs mounted where make_config puts data_root; unmounted afterwards."""
-    mount = tmp_path / "data"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (mount -t tmpfs)")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command on this machine")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs at {mount} (a container without CAP_SYS_ADMIN?): {mounted.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with tmpfs(tmp_path / "data", str(DISK_BYTES)) as mount:
+        yield mount
 
 
 def ingest(config: Path, run_date: str) -> subprocess.CompletedProcess:
