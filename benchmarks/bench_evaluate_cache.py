@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         "speedup_vs_night2_uncached": round(speedup_vs_uncached, 2), "identical_metrics": same,
         "cache_tags": {k: v for k, v in evaluations[1].data.tags.items() if k.startswith("evaluate.cache")},
         "target": ">= 2x faster evaluate from night 2 on, identical metrics",
-        "row": {"what": "evaluate stage, embedded run (SmolLM2, 96 held-out + 32 anchor replies per model): night 1 "
+        "row": {"what": "evaluate stage, embedded run (SmolLM2, every held-out test reply (148) + 32 anchor replies per model): night 1 "
                         "(candidate + base) vs night 2 (candidate computed, champion + base from the cache)",
                 "result": f"night 1 {seconds[0]:.0f} s, night 2 {seconds[1]:.0f} s ({speedup_vs_night1:.2f}x); "
                           f"night 2 uncached {uncached_s:.0f} s ({speedup_vs_uncached:.2f}x); metrics identical: "

@@ -5,9 +5,9 @@
 The conversations come from bench_ingest's generator (four turns each, 20% Chinese, its duplicates included),
 written as a turns table like the one ingest writes (not timed). A fresh process then does what train's
 build_dataset does: reads the table, tokenizes it with pipeline/tokenization.py and the real SmolLM2 tokenizer
-(each chat template rendered once, labels from offsets, `--workers` forked processes) and packs the samples into
-rows of `--max-seq-length` tokens. Its wall time, conversations/s, tokens/s and the peak memory of it and its
-workers together (sums of PSS and of RSS, sampled every 0.1 s) are measured.
+(from the chat template's layout: each message's segment tokenized without offsets, on the tokenizer's Rust
+threads) and packs the samples into rows of `--max-seq-length` tokens. Its wall time, conversations/s, tokens/s,
+CPU seconds and peak memory (PSS and RSS, sampled every 0.1 s) are measured. `--turns` reuses a table written before.
 Target (issue 15, item 4): <= 60 s and <= 4 GiB on 2 cores. Writes bench-results/tokenization.json.
 """
 
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,10 +59,9 @@ def write_turns(conversations: int, scratch: Path) -> Path:
     return scratch / "turns.parquet"
 
 
-def measure(turns_path: str, max_seq_length: int, workers: int) -> dict:
+def measure(turns_path: str, max_seq_length: int) -> dict:
     """Runs in the measured process: what build_dataset does for one split, timed step by step."""
-    # One process per core, or (--workers 1) one process whose Rust tokenizer uses every core: the two ways to compare.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false" if workers > 1 else "true"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # as the stage sets it: tokenize_split turns the threads on itself
     import pandas as pd
 
     from pipeline import models, tokenization
@@ -72,19 +72,20 @@ def measure(turns_path: str, max_seq_length: int, workers: int) -> dict:
     began = time.perf_counter()
     turns = pd.read_parquet(turns_path)
     read = time.perf_counter()
-    tokenized = tokenization.tokenize_split(turns, "train", tokenizer, max_seq_length, workers=workers)
+    tokenized = tokenization.tokenize_split(turns, "train", tokenizer, max_seq_length)
     tokenized_at = time.perf_counter()
-    dataset = tokenization.to_dataset(tokenized, max_seq_length)
+    dataset = tokenization.to_dataset(tokenized, max_seq_length, consume=True)  # as train's build_dataset
     packed = time.perf_counter()
     conversations = len(tokenized.conversation_ids) + len(tokenized.replyless)
     seconds = packed - read
     return {
-        "conversations": conversations, "replyless": len(tokenized.replyless), "tokens": tokenized.tokens,
+        "conversations": conversations, "replyless": len(tokenized.replyless),
+        "rendered": tokenized.rendered, "tokens": tokenized.tokens,
         "rows": len(dataset), "row_fill": round(tokenized.tokens / (len(dataset) * max_seq_length), 3),
         "seconds": {"read_table": round(read - began, 1), "tokenize": round(tokenized_at - read, 1),
                     "pack": round(packed - tokenized_at, 1), "tokenize_and_pack": round(seconds, 1)},
         "conversations_per_s": round(conversations / seconds), "tokens_per_s": round(tokenized.tokens / seconds),
-        # CPU of this process and its workers: on a busy machine wall time is not the code's; cpu / cores is a floor
+        # CPU of this process and its threads: on a busy machine wall time is not the code's; cpu / cores is a floor
         "cpu_seconds": round(_cpu_seconds() - cpu_before, 1),
     }
 
@@ -94,12 +95,10 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_measured(turns_path: Path, max_seq_length: int, workers: int) -> tuple[dict, dict]:
+def run_measured(turns_path: Path, max_seq_length: int) -> tuple[dict, dict]:
     """The measurement in its own process (so generating the data does not count), and its peak memory in GiB:
-    PSS (pages shared by the forked workers split between them: the memory used) and RSS (shared pages counted
-    once per process: errs high), each summed over the process and its workers, sampled every 0.1 s."""
-    command = [sys.executable, __file__, "--measure", str(turns_path), "--max-seq-length", str(max_seq_length),
-               "--workers", str(workers)]
+    PSS and RSS, each summed over the process and any children, sampled every 0.1 s."""
+    command = [sys.executable, __file__, "--measure", str(turns_path), "--max-seq-length", str(max_seq_length)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     peak, done = {"pss": 0, "rss": 0}, threading.Event()
 
@@ -128,25 +127,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conversations", type=int, default=1_000_000)
     parser.add_argument("--max-seq-length", type=int, default=256, help="train.max_seq_length: truncation and rows")
-    parser.add_argument("--workers", type=int, default=2, help="tokenizer processes (the machine has 2 cores)")
+    parser.add_argument("--turns", help="a turns table written by an earlier run (kept with --keep-turns)")
+    parser.add_argument("--keep-turns", help="copy the generated turns table here")
     parser.add_argument("--output", default="bench-results/tokenization.json")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: run the measured part on this table
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.max_seq_length, args.workers)))
+        print(json.dumps(measure(args.measure, args.max_seq_length)))
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-tokenization-") as scratch:
         started = time.perf_counter()
-        turns_path = write_turns(args.conversations, Path(scratch))
+        turns_path = Path(args.turns) if args.turns else write_turns(args.conversations, Path(scratch))
+        if args.keep_turns:
+            shutil.copyfile(turns_path, args.keep_turns)
         generate_s = time.perf_counter() - started
-        measured, peak = run_measured(turns_path, args.max_seq_length, args.workers)
+        measured, peak = run_measured(turns_path, args.max_seq_length)
     result = {
         "benchmark": "tokenization", "requested_conversations": args.conversations, **measured,
         "peak_pss_gib": peak["pss"], "peak_rss_gib": peak["rss"],
         "target": "<= 60 s tokenize_and_pack, <= 4 GiB peak (PSS), 2 cores",
         "generate_s_not_timed": round(generate_s, 1), "max_seq_length": args.max_seq_length,
-        "workers": args.workers, "cpu": os.cpu_count(),
+        "cpu": os.cpu_count(),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

@@ -13,7 +13,9 @@ number of conversations per optimizer step and differs only in how it batches an
   grouped      pipeline.train: length-grouped batches, padded to the longest sample of each batch
   packed       pipeline.train: conversations packed into rows of 256 tokens, no cross-attention, chunked loss
                (the default)
-  packed_checkpointed  the same with train.activation_checkpointing=true (less memory, more compute)
+  packed_lean  the same with train.lean_layers=true (pipeline/lean_layers.py: Linear weights cast again in the
+               backward instead of kept in bf16, one shared cast per RMSNorm, the norm recomputed; same gradients)
+  packed_checkpointed  packed with train.activation_checkpointing=true (less memory, more compute)
   trl          TRL 1.16 SFTTrainer at its fastest on a CPU: packing="bfd" (so padding-free), completion-only loss,
                gradient checkpointing off. SmolLM2's chat template has no {% generation %} markers and TRL cannot
                patch it (get_training_chat_template raises), so assistant_only_loss is impossible: each
@@ -38,8 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("baseline", "grouped", "packed", "packed_checkpointed", "trl", "trl_default")
-OURS = ("packed", "packed_checkpointed")
+VARIANTS = ("baseline", "grouped", "packed", "packed_lean", "packed_checkpointed", "trl", "trl_default")
+OURS = ("packed", "packed_lean", "packed_checkpointed")
 SYSTEM_PROMPT = "You are a helpful chatbot."
 
 
@@ -102,7 +104,10 @@ def readme_row(summary: dict) -> dict:
                 "padded-to-256 baseline vs TRL 1.16 SFTTrainer (packing, padding-free)",
         "result": f"{packed['real_tokens_per_second']} real tokens/s = {summary['speedup_packed_vs_baseline']}x "
                   f"baseline, {summary['speedup_packed_vs_trl']}x TRL; peak RSS {packed['peak_rss_mb']} MB = "
-                  f"{summary['peak_rss_packed_over_trl']} of TRL's",
+                  f"{summary['peak_rss_packed_over_trl']} of TRL's" + "".join(
+                      f"; {name.replace('_', ' ')}: {summary[f'speedup_{name}_vs_trl']}x TRL at "
+                      f"{summary[f'peak_rss_{name}_over_trl']} of its peak RSS"
+                      for name in ("packed_lean", "packed_checkpointed") if f"speedup_{name}_vs_trl" in summary),
         "target": ">= 2.5x baseline; >= 1.5x TRL at <= 0.8 of its peak RSS",
         "met": summary["met_packed_2.5x_baseline"] and summary["met_packed_1.5x_trl_at_80pct_rss"],
     }
@@ -129,6 +134,7 @@ def run_variant(args) -> dict:
     config = train.TrainConfig(max_steps=args.warmup_steps + args.steps, max_seq_length=args.max_seq_length,
                                packing=args.variant in OURS, batch_size=args.conversations_per_step,
                                activation_checkpointing=args.variant == "packed_checkpointed",
+                               lean_layers=args.variant == "packed_lean",
                                system_prompt=SYSTEM_PROMPT, logging_steps=10_000, warmup_steps=0, learning_rate=1e-5)
     train_set, stats = train.build_dataset(turns, "train", tokenizer, config)
     if packed:  # same conversations per step: a packed row holds several (TRL packs the same way: best-fit decreasing)
@@ -169,6 +175,7 @@ def run_variant(args) -> dict:
         "precision": "bf16" if trainer.args.bf16 else "fp32", "torch_threads": torch.get_num_threads(),
         "chunked_loss": getattr(trainer, "chunked_loss", False),
         "activation_checkpointing": trainer.args.activation_checkpointing,
+        "lean_layers": config.lean_layers and args.variant in OURS,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 

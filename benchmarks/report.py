@@ -45,9 +45,15 @@ def ingest(r):
 def tokenization(r):
     seconds = r["seconds"]["tokenize_and_pack"]
     return (f"tokenize + pack {r['conversations']:,} synthetic multi-turn conversations (bench_ingest's generator), "
-            f"SmolLM2 tokenizer, {r['workers']} worker processes, rows of {r['max_seq_length']}",
+            f"SmolLM2 tokenizer, {_tokenized_by(r)}, rows of {r['max_seq_length']}",
             f"{seconds} s ({r['conversations_per_s']:,} conversations/s, {r['tokens_per_s']:,} tokens/s); "
             f"peak PSS {r['peak_pss_gib']} GiB", r["target"], seconds <= 60 and r["peak_pss_gib"] <= 4)
+
+
+def _tokenized_by(r) -> str:
+    if "workers" in r:  # files written before the layout path
+        return f"{r['workers']} worker processes"
+    return f"one process, Rust threads, {r['rendered']:,} conversations rendered"
 
 
 def generic(r):

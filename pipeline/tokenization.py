@@ -1,41 +1,35 @@
-"""Training samples at scale: a split's conversations -> token ids + assistant-only labels, in batches, in parallel.
+"""Training samples at scale: a split's conversations -> token ids + assistant-only labels, in batches.
 
     tokenized = tokenize_split(turns, "train", tokenizer, max_length=256)     # replyless ones listed, not dropped
     dataset = to_dataset(tokenized, row_length=256)                             # None: one row per conversation
 
 Gives exactly what chat_data.tokenize_conversation gives one conversation at a time and batching.pack gives for
 the rows (tests/unit/test_tokenization.py compares them on the chatterbot corpus and on synthetic conversations,
-with the tiny and the real SmolLM2 tokenizer), but each chat template is rendered once instead of twice per
-assistant turn, and the fast tokenizer sees batches of rendered texts:
+with the tiny and the real SmolLM2 tokenizer), without rendering the template twice per assistant turn:
 
-- Where a reply starts and ends is read from the one rendering. A probe conversation tells what the template writes
-  before a reply (its generation prompt) and after it (the end-of-turn marker); each reply is then found as that
-  header + its content + that footer. A conversation whose rendering does not have exactly one header per reply,
-  each followed by the reply verbatim, is labelled the old way (rendered per turn), so an unusual template or a
-  message that quotes the markers costs time, never correctness. One difference: a conversation that opens with
-  an assistant turn is labelled here, where per-turn rendering failed (transformers refuses the empty history).
-- Labels come from the tokens' character offsets overlapping those spans (as in chat_data, never from token ids:
-  pad == eos), with numpy for a whole batch.
-- Batches go to `workers` forked processes with the tokenizer's Rust threads off (TOKENIZERS_PARALLELISM=false).
-  Processes, because rendering and spans are Python: with Rust threads instead only the ~115 us of Rust work per
-  conversation is shared out. 20,000 conversations, same batch work, on a machine busy with other jobs: pool
-  4.3 CPU-s / 6.4 s, datasets.map(batched=True, num_proc=2) 4.9 / 7.2 s (rows to Arrow and back), one process with
-  Rust threads 3.9 / 6.0 s (no fork). On idle cores the pool should lead, as it also splits the ~65 us of Python
-  per conversation; not yet measured idle.
+- Where the template is literal text around each message (chat_layout.py; SmolLM2's ChatML is), conversations are
+  never rendered: each message's segment is tokenized without offsets, equal segments once, and labels come from
+  where the template's fixed text ends (layout_tokens.py). One conversation per batch is also rendered and must
+  come out the same, or the batch is rendered instead.
+- Otherwise, and for contents that could meet a template branch or an added token ('<'), each conversation is
+  rendered once and labelled from offsets (rendered_tokens.py).
+- One process: the Rust tokenizer spreads each batch over the cores (TOKENIZERS_PARALLELISM is on for the call).
+  Forked worker processes were faster for the rendering path but hung a train task in a fresh-clone CI run (a
+  worker died and the pool waited); the segment path leaves little Python to share out.
 
-Per conversation (four turns, ~120 SmolLM2 tokens) the Rust tokenizer takes ~115 us of ~180 us of CPU; rendering
-~25 us. Results stay in flat numpy arrays and become an Arrow-backed Dataset without a Python list per token:
-1,000,000 conversations are ~120 M tokens (benchmarks/bench_tokenization.py).
+Results stay in flat numpy arrays and become an Arrow-backed Dataset without a Python list per token: 1,000,000
+conversations are ~120 M tokens (benchmarks/bench_tokenization.py).
 """
 
 from __future__ import annotations
 
 import bisect
-import copy
 import heapq
-import multiprocessing
+import logging
 import os
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 
@@ -44,17 +38,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
-from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from pipeline import chat_data
+from pipeline import memory
 from pipeline.chat_data import IGNORE_INDEX
+from pipeline.chat_layout import ChatLayout
+from pipeline.layout_tokens import Blocks, LayoutEncoder, Segmented
+from pipeline.rendered_tokens import RenderedEncoder, truncating_backend
 
-BATCH_CONVERSATIONS = 1000  # per tokenizer call and per task sent to a worker process
-PROBE = [{"role": "user", "content": "Probe question?"}, {"role": "assistant", "content": "Probe reply."}]
+log = logging.getLogger(__name__)
+BATCH_CONVERSATIONS = 10_000  # per tokenizer call: enough segments for the Rust threads to share
 
 
-@dataclass(frozen=True)
+@dataclass
 class TokenizedSplit:
     """Every conversation that kept a reply, in chat_data.conversations order, as flat arrays."""
 
@@ -63,6 +59,7 @@ class TokenizedSplit:
     input_ids: np.ndarray  # int32, all conversations one after the other
     learned: np.ndarray  # bool, per token: an assistant token (its label is its id)
     replyless: list[str]  # conversations whose every reply max_length cut off (not in the arrays above)
+    rendered: int = 0  # conversations tokenized by rendering the template (the rest: from its layout)
 
     @property
     def tokens(self) -> int:
@@ -77,70 +74,92 @@ class TokenizedSplit:
 
 @dataclass(frozen=True)
 class _Conversations:
-    """A split's turns as Arrow columns plus where each conversation's turns start: cheap to slice in a worker."""
+    """A split's turns as Arrow columns plus where each conversation's turns start."""
 
     ids: list[str]
     turn_starts: np.ndarray  # int64, len(ids) + 1
     roles: pa.Array
     texts: pa.Array
 
-    def messages(self, start: int, stop: int) -> list[list[dict]]:
+    def dialogues(self, start: int, stop: int, system_prompt: str | None) -> list[tuple[list[str], list[str]]]:
+        """(roles, contents) per conversation, the system prompt first where it has no system turn (chat_data)."""
         first, last = int(self.turn_starts[start]), int(self.turn_starts[stop])
         roles, texts = self.roles[first:last].to_pylist(), self.texts[first:last].to_pylist()
         bounds = (self.turn_starts[start:stop + 1] - first).tolist()
-        return [[{"role": r, "content": t} for r, t in zip(roles[a:b], texts[a:b], strict=True)]
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        out = [(roles[a:b], texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if system_prompt is not None:
+            out = [(r, t) if r and r[0] == "system" else (["system", *r], [system_prompt, *t]) for r, t in out]
+        return out
 
 
 def tokenize_split(turns: pd.DataFrame, split: str, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                   system_prompt: str | None = None, limit: int | None = None, workers: int | None = None,
+                   system_prompt: str | None = None, limit: int | None = None,
                    batch_size: int = BATCH_CONVERSATIONS) -> TokenizedSplit:
-    """The split's first `limit` conversations (chat_data.conversations order) tokenized; `workers` processes
-    (default: the CPUs this process may use), one when there is a single batch."""
+    """The split's first `limit` conversations (chat_data.conversations order) tokenized."""
     conversations = _split_conversations(turns, split, limit)
-    batches = [(start, min(start + batch_size, len(conversations.ids)))
-               for start in range(0, len(conversations.ids), batch_size)]
-    job = _Job(tokenizer, _truncating_backend(tokenizer, max_length), conversations, max_length, system_prompt,
-               _probe_markers(tokenizer, system_prompt))
-    workers = min(workers or len(os.sched_getaffinity(0)), len(batches))
-    if workers <= 1:
-        results = [job.encode(start, stop) for start, stop in batches]
-    else:
-        # fork: the worker inherits the tokenizer and the Arrow columns instead of unpickling them.
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_install, initargs=(job,)) as pool:
-            results = pool.starmap(_encode_installed, batches, chunksize=1)
-    results = results or [_BatchResult(np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool))]
+    layout = ChatLayout.probe(tokenizer)
+    job = _Job(conversations, max_length, system_prompt, RenderedEncoder.for_tokenizer(tokenizer, max_length, system_prompt),
+               LayoutEncoder(truncating_backend(tokenizer, None), layout) if layout else None,
+               tokenizer.truncation_side == "left")
+    results, pending = [], None
+    # The Rust tokenizer works on batch i (its threads, no GIL) while this thread assembles batch i - 1.
+    with _rust_threads(), ThreadPoolExecutor(1, thread_name_prefix="tokenize") as rust:
+        for start in range(0, len(conversations.ids), batch_size):
+            prepared = job.prepare(start, min(start + batch_size, len(conversations.ids)))
+            tokenized = rust.submit(job.tokenize, prepared)
+            if pending is not None:
+                results.append(job.finish(*pending))
+            pending = (prepared, tokenized)
+        if pending is not None:
+            results.append(job.finish(*pending))
+    results = results or [_BatchResult(np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int32),
+                                       np.zeros(0, bool), 0)]
     kept = np.concatenate([r.has_reply for r in results])
     ids = np.asarray(conversations.ids, dtype=object)
-    return TokenizedSplit(
-        conversation_ids=ids[kept].tolist(),
-        lengths=np.concatenate([r.lengths[r.has_reply] for r in results]),
-        input_ids=np.concatenate([r.input_ids for r in results]),
-        learned=np.concatenate([r.learned for r in results]),
-        replyless=ids[~kept].tolist(),
-    )
+    lengths, rendered = np.concatenate([r.lengths[r.has_reply] for r in results]), sum(r.rendered for r in results)
+    id_parts, learned_parts = [r.input_ids for r in results], [r.learned for r in results]
+    del results
+    input_ids = _concatenate_releasing(id_parts)  # one token-sized array at a time
+    learned = _concatenate_releasing(learned_parts)
+    memory.release_freed()
+    return TokenizedSplit(conversation_ids=ids[kept].tolist(), lengths=lengths, input_ids=input_ids, learned=learned,
+                          replyless=ids[~kept].tolist(), rendered=rendered)
 
 
-def to_dataset(tokenized: TokenizedSplit, row_length: int | None) -> Dataset:
+def _concatenate_releasing(parts: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate that lets each part go as it is copied: the peak is one copy, not two."""
+    out = np.empty(sum(len(p) for p in parts), dtype=parts[0].dtype)
+    at = 0
+    for index in range(len(parts)):
+        part, parts[index] = parts[index], None
+        out[at:at + len(part)] = part
+        at += len(part)
+    return out
+
+
+def to_dataset(tokenized: TokenizedSplit, row_length: int | None, consume: bool = False) -> Dataset:
     """Packed rows of `row_length` tokens (batching.pack's rows, its order and masking), or with None one row per
     conversation: input_ids, labels, conversation_ids (+ position_ids when packed), Arrow-backed.
 
     Token-sized arrays are int32 and few: at 1,000,000 conversations each one is ~0.5 GB, and in a VM each fresh one
-    costs ~1 s of page faults."""
+    costs ~1 s of page faults. `consume`: packing lets go of the split's token arrays once they are reordered
+    (tokenized.input_ids / .learned become None; lengths, ids and counts stay), 0.6 GB less at that peak."""
     if tokenized.tokens >= 2**31:
         raise ValueError(f"{tokenized.tokens} tokens: more than int32 offsets hold; tokenize the split in parts")
     rows = pack_rows(tokenized.lengths, row_length) if row_length else [[i] for i in range(len(tokenized.lengths))]
     order = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(tokenized.lengths))
-    labels = _labels(tokenized.input_ids, tokenized.learned)
     if row_length is None:
-        columns = {"input_ids": tokenized.input_ids, "labels": labels}
-    else:
-        starts = _starts(tokenized.lengths)
-        labels[starts] = IGNORE_INDEX  # a conversation's first token is not predicted from its row neighbour
-        columns = {"input_ids": _reorder(tokenized.input_ids, starts, order)}
-        columns["labels"] = _reorder(labels, starts, order)
-        del labels  # one token-sized array less at the peak
-        columns["position_ids"] = _positions(tokenized.lengths[order])
+        columns = {"input_ids": tokenized.input_ids, "labels": _labels(tokenized.input_ids, tokenized.learned)}
+    else:  # reordered first, labels made after: a bool array moves instead of an int32 one
+        starts, lengths = _starts(tokenized.lengths), tokenized.lengths[order]
+        input_ids = _reorder(tokenized.input_ids, starts, order)
+        learned = _reorder(tokenized.learned.view(np.uint8), starts, order).view(bool)
+        if consume:
+            tokenized.input_ids = tokenized.learned = None
+        labels = _labels(input_ids, learned)
+        del learned
+        labels[_starts(lengths)] = IGNORE_INDEX  # a conversation's first token is not predicted from its row neighbour
+        columns = {"input_ids": input_ids, "labels": labels, "position_ids": _positions(lengths)}
     conversations_per_row = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     row_offsets = np.concatenate([[0], np.cumsum(conversations_per_row)])
     token_offsets = np.append(_starts(tokenized.lengths[order]), tokenized.tokens)[row_offsets].astype(np.int32)
@@ -180,92 +199,116 @@ def pack_rows(lengths: np.ndarray, row_length: int) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
-class _TurnMarkers:
-    header: str  # what the template writes before a reply: its generation prompt
-    footer: str  # what it writes after a reply's content, through the end-of-turn marker
-
-
-@dataclass(frozen=True)
 class _BatchResult:
     has_reply: np.ndarray  # bool per conversation
     lengths: np.ndarray  # int64 tokens per conversation (replyless ones too; their tokens are not kept)
     input_ids: np.ndarray  # int32, kept conversations only
     learned: np.ndarray  # bool, kept conversations only
+    rendered: int
+
+
+_EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool))
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    dialogues: list[tuple[list[str], list[str]]]
+    fast: list[int]  # the conversations tokenized from the layout
+    segmented: Segmented | None
 
 
 @dataclass(frozen=True)
 class _Job:
-    tokenizer: PreTrainedTokenizerBase
-    backend: Tokenizer  # the tokenizer's Rust tokenizer, set up as tokenizer(..., truncation=True) sets it up
     conversations: _Conversations
     max_length: int
     system_prompt: str | None
-    markers: _TurnMarkers | None
+    rendered: RenderedEncoder
+    by_layout: LayoutEncoder | None
+    truncate_left: bool
 
-    def encode(self, start: int, stop: int) -> _BatchResult:
-        dialogues = [chat_data._with_system(m, self.system_prompt) for m in self.conversations.messages(start, stop)]
-        texts = self.tokenizer.apply_chat_template(dialogues, tokenize=False)
-        spans = [self._spans(messages, text) for messages, text in zip(dialogues, texts, strict=True)]
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
-        id_lists = [e.ids for e in encodings]
-        lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(texts))
-        total = int(lengths.sum())
-        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=total)
-        offsets = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)),
-                              dtype=np.int64, count=2 * total).reshape(-1, 2)
-        # Spans padded with (0, 0), which overlaps no token: start < token end holds, token begin < 0 never does.
-        padded = np.zeros((len(texts), max(map(len, spans), default=0) or 1, 2), dtype=np.int64)
-        for row, conversation_spans in enumerate(spans):
-            if conversation_spans:  # a conversation without a reply has none
-                padded[row, :len(conversation_spans)] = conversation_spans
-        token_spans = padded[np.repeat(np.arange(len(texts)), lengths)]  # (tokens, spans, 2)
-        learned = ((token_spans[:, :, 0] < offsets[:, None, 1]) & (offsets[:, None, 0] < token_spans[:, :, 1])).any(1)
-        owner = np.repeat(np.arange(len(texts)), lengths)
-        has_reply = np.bincount(owner, weights=learned, minlength=len(texts)) > 0
+    def prepare(self, start: int, stop: int) -> _Prepared:
+        dialogues = self.conversations.dialogues(start, stop, self.system_prompt)
+        fast = self._layout_eligible(dialogues)
+        segmented = self.by_layout.segments([dialogues[i] for i in fast]) if fast else None
+        return _Prepared(dialogues, fast, segmented)
+
+    def tokenize(self, prepared: _Prepared) -> list:
+        return self.by_layout.tokenize(prepared.segmented) if prepared.segmented else []
+
+    def finish(self, prepared: _Prepared, tokenized: Future) -> _BatchResult:
+        dialogues, fast = prepared.dialogues, prepared.fast
+        lengths, ids, learned = _EMPTY
+        if fast:
+            blocks = self.by_layout.assemble(prepared.segmented, tokenized.result())
+            lengths, ids, learned = _gather(blocks, self.max_length, self.truncate_left)
+        if fast and not self._same_as_rendered(dialogues[fast[0]], ids[:lengths[0]], learned[:lengths[0]]):
+            fast, lengths, ids, learned = [], lengths[:0], ids[:0], learned[:0]
+        slow = sorted(set(range(len(dialogues))) - set(fast))
+        rendered = self.rendered.encode([_messages(*dialogues[i]) for i in slow])
+        lengths, ids, learned = _interleave(fast, (lengths, ids, learned), slow, rendered)
+        owner = np.repeat(np.arange(len(dialogues)), lengths)
+        has_reply = np.bincount(owner, weights=learned, minlength=len(dialogues)) > 0
         keep = has_reply[owner]
-        return _BatchResult(has_reply, lengths, ids[keep], learned[keep])
+        return _BatchResult(has_reply, lengths, ids[keep], learned[keep], len(slow))
 
-    def _spans(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
-        """chat_data._assistant_spans from the one rendering; that function itself where the markers don't fit."""
-        replies = [m["content"] for m in messages if m["role"] == "assistant"]
-        markers = self.markers
-        if markers is None or text.count(markers.header) != len(replies):
-            return chat_data._assistant_spans(self.tokenizer, messages, text)
-        spans, cursor = [], 0
-        for content in replies:
-            start = text.find(markers.header, cursor) + len(markers.header)
-            cursor = start + len(content) + len(markers.footer)
-            if text[start:start + len(content)] != content or text[start + len(content):cursor] != markers.footer:
-                return chat_data._assistant_spans(self.tokenizer, messages, text)
-            # chat_data's end: the rendering through this turn, right-stripped (the newline after the marker)
-            tail = (content + markers.footer).rstrip()
-            spans.append((start, start + len(tail) if tail else len(text[:start].rstrip())))
-        return spans
+    def _layout_eligible(self, dialogues: list[tuple[list[str], list[str]]]) -> list[int]:
+        if self.by_layout is None:
+            return []
+        splits = self.by_layout.layout.splits_content
+        return [i for i, (roles, contents) in enumerate(dialogues) if roles and not any(map(splits, contents))]
+
+    def _same_as_rendered(self, dialogue: tuple[list[str], list[str]], ids: np.ndarray, learned: np.ndarray) -> bool:
+        """One conversation per batch both ways: what probes could not show about the template shows here."""
+        _, rendered_ids, rendered_learned = self.rendered.encode([_messages(*dialogue)])
+        if np.array_equal(ids, rendered_ids) and np.array_equal(learned, rendered_learned):
+            return True
+        log.warning("chat template: a conversation tokenized from the template's layout differs from its rendering; "
+                    "rendering this batch instead (roles %s)", dialogue[0])
+        return False
 
 
-def _truncating_backend(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Tokenizer:
-    """A copy of the fast tokenizer's Rust tokenizer with the settings tokenizer(texts, truncation=True,
-    max_length=...) applies before it calls encode_batch. Its Encodings are read directly: BatchEncoding's Python
-    lists of ids, attention masks, type ids and offset tuples cost ~20% of the whole tokenization."""
-    if not tokenizer.is_fast:
-        raise TypeError(f"{type(tokenizer).__name__}: batch tokenization needs a fast (Rust) tokenizer for offsets")
-    backend = copy.deepcopy(tokenizer.backend_tokenizer)  # the caller's tokenizer keeps its own settings
-    backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=tokenizer.truncation_side)
-    backend.no_padding()
-    backend.encode_special_tokens = tokenizer.split_special_tokens
-    return backend
+def _messages(roles: list[str], contents: list[str]) -> list[dict]:
+    return [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]
 
 
-def _probe_markers(tokenizer: PreTrainedTokenizerBase, system_prompt: str | None) -> _TurnMarkers | None:
-    """What the template writes around a reply, or None if it does not render as prefix + header + reply + footer."""
-    history = chat_data._with_system(PROBE[:1], system_prompt)
-    plain = tokenizer.apply_chat_template(history, tokenize=False)
-    prompted = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([*history, PROBE[1]], tokenize=False)
-    reply = PROBE[1]["content"]
-    if not (prompted.startswith(plain) and len(prompted) > len(plain) and full.startswith(prompted + reply)):
-        return None
-    return _TurnMarkers(header=prompted[len(plain):], footer=full[len(prompted) + len(reply):])
+def _gather(blocks: Blocks, max_length: int | None, truncate_left: bool = False):
+    """Each conversation's blocks one after the other, cut to max_length tokens: (lengths, ids, learned)."""
+    sizes = blocks.lengths[blocks.sequence]
+    index = np.repeat(_starts(blocks.lengths)[blocks.sequence] - _starts(sizes), sizes) + np.arange(int(sizes.sum()))
+    lengths = np.add.reduceat(sizes, _starts(blocks.pieces)) if len(blocks.pieces) else np.zeros(0, np.int64)
+    if max_length is not None and (lengths > max_length).any():
+        position = np.arange(len(index)) - np.repeat(_starts(lengths), lengths)
+        keep = position >= np.repeat(lengths - max_length, lengths) if truncate_left else position < max_length
+        index, lengths = index[keep], np.minimum(lengths, max_length)
+    return lengths, blocks.ids[index], blocks.learned[index]
+
+
+def _interleave(first: list[int], first_arrays, second: list[int], second_arrays):
+    """Two groups of conversations back in batch order (first/second: each group's positions in the batch)."""
+    if not second:
+        return first_arrays
+    if not first:
+        return second_arrays
+    order = np.argsort(np.asarray(first + second), kind="stable")
+    blocks = Blocks(ids=np.concatenate([first_arrays[1], second_arrays[1]]),
+                    learned=np.concatenate([first_arrays[2], second_arrays[2]]),
+                    lengths=np.concatenate([first_arrays[0], second_arrays[0]]),
+                    sequence=order, pieces=np.ones(len(order), np.int64))
+    return _gather(blocks, None)
+
+
+@contextmanager
+def _rust_threads():
+    """The tokenizer's Rust threads on for this call (the stage turns them off for the processes it forks)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def _split_conversations(turns: pd.DataFrame, split: str, limit: int | None) -> _Conversations:
@@ -297,10 +340,10 @@ def _starts(lengths: np.ndarray) -> np.ndarray:
     return (np.cumsum(lengths) - lengths).astype(np.int64)
 
 
-def _reorder(values: np.ndarray, starts: np.ndarray, order: np.ndarray) -> pa.Array:
+def _reorder(values: np.ndarray, starts: np.ndarray, order: np.ndarray) -> np.ndarray:
     """The conversations' tokens in `order`: Arrow's take copies each conversation as one block."""
     conversations = pa.ListArray.from_arrays(np.append(starts, len(values)).astype(np.int32), values)
-    return conversations.take(pa.array(order)).flatten()
+    return conversations.take(pa.array(order)).flatten().to_numpy(zero_copy_only=True)
 
 
 def _positions(lengths: np.ndarray) -> np.ndarray:
@@ -315,16 +358,3 @@ def _positions(lengths: np.ndarray) -> np.ndarray:
 
 def _labels(input_ids: np.ndarray, learned: np.ndarray) -> np.ndarray:
     return np.where(learned, input_ids, np.int32(IGNORE_INDEX))
-
-
-_installed: _Job | None = None  # the job a forked worker inherited (see tokenize_split)
-
-
-def _install(job: _Job) -> None:
-    global _installed
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already; Rust threads would oversubscribe
-    _installed = job
-
-
-def _encode_installed(start: int, stop: int) -> _BatchResult:
-    return _installed.encode(start, stop)

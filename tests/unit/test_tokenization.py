@@ -2,8 +2,10 @@
 each conversation (today's build_dataset loop, kept as the reference) and batching.pack for the rows, on the
 chatterbot corpus and on bench_ingest's synthetic conversations, with the tiny tokenizer and the real SmolLM2 one.
 
-The fast path (one rendering per conversation, spans read from it) must be what produces those results: where a
-test says so, the per-turn span function refuses to run, so an equality that came from the fallback would fail.
+Both fast paths must be what produces those results: the layout path (no rendering; most conversations) and the
+rendering path (one rendering per conversation, spans read from it). Where a test says so, the per-turn span
+function refuses to run, so an equality that came from the fallback would fail, and the number of conversations
+that went the rendering way is checked.
 """
 
 import copy
@@ -16,7 +18,7 @@ import pandas as pd
 import pytest
 from tiny_model import CHATML
 
-from pipeline import batching, chat_data, ingest, models, tokenization
+from pipeline import batching, chat_data, chat_layout, ingest, layout_tokens, models, tokenization
 from pipeline.config import ProjectConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -89,19 +91,60 @@ def assert_same(tokenized: tokenization.TokenizedSplit, samples: list[dict], rep
 @pytest.mark.parametrize("max_length, system_prompt", [(256, None), (32, "Be brief.")])
 def test_chatterbot_matches_per_turn_labels_and_rows(tokenizer, chatterbot, monkeypatch, max_length, system_prompt):
     tokenizer(["leaves truncation set on the shared Rust tokenizer"], truncation=True, max_length=7)
-    tokenized = fast_path_only(monkeypatch, chatterbot, "train", tokenizer, max_length, system_prompt, workers=1)
+    tokenized = fast_path_only(monkeypatch, chatterbot, "train", tokenizer, max_length, system_prompt)
     assert tokenizer.backend_tokenizer.truncation["max_length"] == 7  # the caller's tokenizer is left as it was
+    assert 0 < tokenized.rendered < len(tokenized.conversation_ids) / 20  # contents with '<' are rendered
     samples, replyless = per_turn(chatterbot, "train", tokenizer, max_length, system_prompt)
     if max_length == 32:
         assert replyless  # truncation is exercised: the replyless accounting must agree too
     assert_same(tokenized, samples, replyless, max_length)
 
 
-def test_synthetic_matches_per_turn_in_forked_workers(tokenizer, synthetic, monkeypatch):
+def test_synthetic_matches_per_turn_from_the_layout_alone(tokenizer, synthetic, monkeypatch):
     samples, replyless = per_turn(synthetic, "train", tokenizer, 128)
-    tokenized = fast_path_only(monkeypatch, synthetic, "train", tokenizer, 128, workers=2, batch_size=150)
+    tokenized = fast_path_only(monkeypatch, synthetic, "train", tokenizer, 128, batch_size=150)
     assert sum(len(s["input_ids"]) for s in samples) > 100_000  # multi-turn, long enough to be packed
+    assert tokenized.rendered == 0
     assert_same(tokenized, samples, replyless, 128)
+
+
+@pytest.mark.parametrize("max_length, system_prompt", [(256, None), (32, "Be brief.")])
+def test_rendering_path_matches_per_turn(tokenizer, chatterbot, monkeypatch, max_length, system_prompt):
+    """Templates that are not literal text around contents are rendered once per conversation."""
+    monkeypatch.setattr(chat_layout.ChatLayout, "probe", classmethod(lambda cls, tokenizer: None))
+    tokenized = fast_path_only(monkeypatch, chatterbot, "train", tokenizer, max_length, system_prompt)
+    assert tokenized.rendered == len(tokenized.conversation_ids) + len(tokenized.replyless)
+    assert_same(tokenized, *per_turn(chatterbot, "train", tokenizer, max_length, system_prompt), max_length)
+
+
+def test_a_batch_whose_layout_tokens_differ_from_its_rendering_is_rendered(tiny, chatterbot, monkeypatch, caplog):
+    """One conversation per batch is tokenized both ways; where a template does what the probes did not show,
+    the batch is rendered, and nothing wrong reaches the samples."""
+    assemble = layout_tokens.LayoutEncoder.assemble
+
+    def unlearned(self, segmented, encodings):
+        blocks = assemble(self, segmented, encodings)
+        blocks.learned[:] = False
+        return blocks
+
+    monkeypatch.setattr(layout_tokens.LayoutEncoder, "assemble", unlearned)
+    tokenized = tokenization.tokenize_split(chatterbot, "train", tiny, 256, batch_size=300)
+    assert tokenized.rendered == len(tokenized.conversation_ids) + len(tokenized.replyless)
+    assert "differs from its rendering" in caplog.text
+    assert_same(tokenized, *per_turn(chatterbot, "train", tiny, 256), 256)
+
+
+def test_layout_of_chatml_and_templates_that_have_none(tiny, smollm2):
+    layout = chat_layout.ChatLayout.probe(smollm2)
+    messages = [{"role": "user", "content": " hi\n"}, {"role": "assistant", "content": ""}]
+    assert layout.render(messages) == smollm2.apply_chat_template(messages, tokenize=False)
+    assert layout.opening.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert layout.before["assistant"] == "<|im_start|>assistant\n" and layout.after["assistant"] == "<|im_end|>\n"
+    for template in (CHATML.replace("message['content']", "message['content'] | trim"),  # rewrites contents
+                     CHATML.replace("'<|im_end|>'", "''").replace("'<|im_start|>'", "''")):  # no added tokens
+        changed = copy.deepcopy(tiny)
+        changed.chat_template = template
+        assert chat_layout.ChatLayout.probe(changed) is None
 
 
 def test_unusual_turns_match_per_turn(tokenizer):
@@ -116,7 +159,7 @@ def test_unusual_turns_match_per_turn(tokenizer):
     turns = table(dialogues)
     for max_length in (256, 12):
         samples, replyless = per_turn(turns, "train", tokenizer, max_length)
-        assert_same(tokenization.tokenize_split(turns, "train", tokenizer, max_length, workers=1),
+        assert_same(tokenization.tokenize_split(turns, "train", tokenizer, max_length),
                     samples, replyless, max_length)
 
 
@@ -126,7 +169,7 @@ def test_an_opening_assistant_turn_is_learned_where_per_turn_rendering_failed(to
     turns = table([[("assistant", "Welcome."), ("user", "Thanks"), ("assistant", "You're welcome.")]])
     with pytest.raises(ValueError, match="empty conversation"):
         per_turn(turns, "train", tokenizer, 256)
-    tokenized = tokenization.tokenize_split(turns, "train", tokenizer, 256, workers=1)
+    tokenized = tokenization.tokenize_split(turns, "train", tokenizer, 256)
     learned = [t for t, label in zip(tokenized.input_ids, tokenized.learned, strict=True) if label]
     assert tokenizer.decode(learned) == "Welcome.<|im_end|>You're welcome.<|im_end|>"
 
@@ -137,14 +180,14 @@ def test_template_that_rewrites_replies_falls_back_to_per_turn_rendering(tiny, c
     turns = chatterbot.copy()
     turns.loc[turns["role"] == "assistant", "text"] += "  "  # the template drops it: spans differ from the content
     samples, replyless = per_turn(turns, "train", trimming, 256, limit=50)
-    assert_same(tokenization.tokenize_split(turns, "train", trimming, 256, limit=50, workers=1),
+    assert_same(tokenization.tokenize_split(turns, "train", trimming, 256, limit=50),
                 samples, replyless, 256)
 
 
 def test_limit_and_unsorted_turns_keep_the_per_turn_selection_and_order(tiny, chatterbot):
     shuffled = chatterbot.sample(frac=1.0, random_state=0)
     samples, replyless = per_turn(chatterbot, "validation", tiny, 256, limit=40)
-    assert_same(tokenization.tokenize_split(shuffled, "validation", tiny, 256, limit=40, workers=1),
+    assert_same(tokenization.tokenize_split(shuffled, "validation", tiny, 256, limit=40),
                 samples, replyless, 256)
 
 
