@@ -40,6 +40,7 @@ DOCKER_XCOM_FILE = "/tmp/pipeline-xcom.json"  # inside the container: its own /t
 # the stage writes JSON, the format the Kubernetes sidecar needs too.
 JSON_FILE = SimpleNamespace(load=json.load)
 TRAIN_SERVICE = "chat-retrain-train"  # headless service over multi-node training pods (infra/terraform)
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by Kubernetes (1.27+) on every pod of a Job
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,13 @@ class RuntimeConfig:
     gpus_per_node: int = 1
     train_cpu: str = "8"
     train_memory: str = "64Gi"
+    train_shm: str = "16Gi"  # /dev/shm (memory-backed) for NCCL and DataLoader workers; the default 64 MB is not
+    stage_cpu: str = "2"  # requests (= limits) of the CPU stages, so the scheduler places them
+    stage_memory: str = "8Gi"
+    startup_timeout_s: int = 600  # a pod's wait to start (image pull, node scale-up): the operator's 120 s is short
+    train_startup_timeout_s: int = 1800  # a GPU node from zero plus a CUDA image pull
+    train_grace_s: int = 900  # SIGTERM -> SIGKILL: time for train to save and mirror its checkpoint
+    run_as_user: int = 10001  # the images' non-root user
     rendezvous_port: int = 29500
 
     def __post_init__(self):
@@ -181,34 +189,47 @@ def _kubernetes(task_id, args, config, training, **task_kwargs):
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    resources = None
+    limits = {"cpu": config.train_cpu, "memory": config.train_memory} if training else \
+        {"cpu": config.stage_cpu, "memory": config.stage_memory}
+    if training and config.gpus_per_node:
+        limits["nvidia.com/gpu"] = str(config.gpus_per_node)
+    volumes = [k8s.V1Volume(name="work", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+        claim_name=config.work_volume_claim))]
+    # data/ and runs/ on one shared volume, at the paths the configs use relative to /app
+    mounts = [k8s.V1VolumeMount(name="work", mount_path=f"{CONTAINER_ROOT}/{d}", sub_path=d) for d in ("data", "runs")]
     if training:
-        limits = {"cpu": config.train_cpu, "memory": config.train_memory}
-        if config.gpus_per_node:
-            limits["nvidia.com/gpu"] = str(config.gpus_per_node)
-        resources = k8s.V1ResourceRequirements(requests=limits, limits=limits)
+        volumes.append(k8s.V1Volume(name="shm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory",
+                                                                                     size_limit=config.train_shm)))
+        mounts.append(k8s.V1VolumeMount(name="shm", mount_path="/dev/shm"))
     common = dict(
         task_id=task_id, namespace=config.namespace, image=config.train_image if training else config.cpu_image,
         cmds=[*(launcher_args(config) if training else ["python"]), "-m", "pipeline"], arguments=args,
         service_account_name=config.service_account,
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in config.secrets],
         env_vars=[k8s.V1EnvVar(name="PIPELINE_XCOM_FILE", value=XCOM_FILE)],
-        volumes=[k8s.V1Volume(name="work", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=config.work_volume_claim))],
-        # data/ and runs/ on one shared volume, at the paths the configs use relative to /app
-        volume_mounts=[k8s.V1VolumeMount(name="work", mount_path=f"{CONTAINER_ROOT}/{d}", sub_path=d)
-                       for d in ("data", "runs")],
+        volumes=volumes, volume_mounts=mounts,
         node_selector=config.train_node_selector if training else config.cpu_node_selector,
-        container_resources=resources, get_logs=True, on_finish_action="delete_succeeded_pod",
-        **task_kwargs)
+        container_resources=k8s.V1ResourceRequirements(requests=limits, limits=limits),
+        startup_timeout_seconds=config.train_startup_timeout_s if training else config.startup_timeout_s,
+        termination_grace_period=config.train_grace_s if training else None,
+        security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=config.run_as_user,
+                                                  run_as_group=config.run_as_user, fs_group=config.run_as_user),
+        container_security_context=k8s.V1SecurityContext(allow_privilege_escalation=False,
+                                                         capabilities=k8s.V1Capabilities(drop=["ALL"])),
+        get_logs=True, on_finish_action="delete_succeeded_pod", **task_kwargs)
     if training and config.train_nodes > 1:
         # Pod i of an indexed Job is <job>-<i>.<TRAIN_SERVICE> (headless service from Terraform): pod 0 hosts the
-        # rendezvous. Every node reports the same run-scoped model URI; the XCom is their list.
-        name = "train-{{ ts_nodash | lower }}"
-        common["env_vars"] += [k8s.V1EnvVar(name="TRAIN_JOB_NAME", value=name)]
+        # rendezvous. The Job's name is what Kubernetes put on the pod's job-name label (the operator prefixes
+        # "job-" to `name`), read through the downward API, so the endpoint is pod 0's whatever the operator does.
+        # One Job per attempt: a retry is a fresh Job (no 409 on the old name) and resumes from the checkpoint
+        # mirror; finished Jobs go after a day. Every node reports the same run-scoped model URI; the XCom is
+        # their list.
+        common["env_vars"] += [k8s.V1EnvVar(name="TRAIN_JOB_NAME", value_from=k8s.V1EnvVarSource(
+            field_ref=k8s.V1ObjectFieldSelector(field_path=f"metadata.labels['{JOB_NAME_LABEL}']")))]
         return KubernetesJobOperator(
-            name=name, random_name_suffix=False, completion_mode="Indexed", completions=config.train_nodes,
-            parallelism=config.train_nodes, backoff_limit=0, wait_until_job_complete=True, do_xcom_push=True,
+            name="train-{{ ts_nodash | lower }}-{{ ti.try_number }}", random_name_suffix=False,
+            completion_mode="Indexed", completions=config.train_nodes, parallelism=config.train_nodes,
+            backoff_limit=0, ttl_seconds_after_finished=24 * 3600, wait_until_job_complete=True, do_xcom_push=True,
             labels={"app": TRAIN_SERVICE},
             full_pod_spec=k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")],
                                                        subdomain=TRAIN_SERVICE)),

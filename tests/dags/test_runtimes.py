@@ -76,7 +76,8 @@ def test_docker_runtime_mounts_the_project_and_uses_local_images(monkeypatch):
 def test_kubernetes_runtime_gpus_node_selectors_secrets_and_xcom(monkeypatch):
     tasks = {t.task_id: t for t in _dag(monkeypatch, "kubernetes").tasks}
     train, ingest = tasks["train"], tasks["ingest"]
-    assert train.container_resources.limits["nvidia.com/gpu"] == "8" and ingest.container_resources is None
+    assert train.container_resources.limits["nvidia.com/gpu"] == "8"
+    assert ingest.container_resources.requests == {"cpu": "2", "memory": "8Gi"}  # schedulable, not best-effort
     assert train.node_selector == {"role": "gpu"} and ingest.node_selector == {}
     assert train.cmds[:3] == ["torchrun", "--nproc_per_node=8", "--nnodes=1"] and ingest.cmds == ["python", "-m",
                                                                                                    "pipeline"]
@@ -97,6 +98,93 @@ def test_multi_node_training_is_an_indexed_job_with_torchrun(monkeypatch, tmp_pa
                           "--rdzv_id=$(TRAIN_JOB_NAME)", "-m", "pipeline"]
     assert train.full_pod_spec.spec.subdomain == "chat-retrain-train"
     assert tasks["evaluate"].arguments[-1] == '{{ ti.xcom_pull(task_ids="train")[0] }}'  # one URI per node
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def _context(try_number: int = 1) -> dict:
+    ti = SimpleNamespace(try_number=try_number, dag_id="nightly_chat_retrain", task_id="train", map_index=-1,
+                         run_id="scheduled__2026-11-22T02:00:00+00:00", xcom_pull=lambda task_ids: "data/x#sha256=0")
+    return {"ts_nodash": "20261122T020000", "ds": "2026-11-22", "run_id": ti.run_id, "ti": ti,
+            "params": {"config": "configs/embedded.yaml"}, "dag": SimpleNamespace(dag_id=ti.dag_id),
+            "dag_run": SimpleNamespace(run_type="scheduled"), "task_instance": ti, "logical_date": LOGICAL_DATE}
+
+
+def _offline(task, kubeconfig: Path):
+    """A copy of the operator with a kubeconfig for a cluster that is never contacted: its builder makes an API
+    client (to label the pod in- or out-of-cluster) but sends nothing."""
+    task = copy.deepcopy(task)
+    kubeconfig.write_text(KUBECONFIG)
+    task.config_file = str(kubeconfig)
+    return task
+
+
+def _rendered_pod(task, kubeconfig: Path):
+    """The V1Pod KubernetesPodOperator would submit: its templates rendered, then its own builder."""
+    task = _offline(task, kubeconfig)
+    task.render_template_fields(_context())
+    return task.build_pod_request_obj(_context())
+
+
+def test_kubernetes_pods_as_submitted_resources_shm_grace_and_non_root(monkeypatch, tmp_path):
+    tasks = {t.task_id: t for t in _dag(monkeypatch, "kubernetes").tasks}
+    train, ingest = _rendered_pod(tasks["train"], tmp_path / "kube"), _rendered_pod(tasks["ingest"], tmp_path / "kube")
+    train_box, ingest_box = ({c.name: c for c in pod.spec.containers}["base"] for pod in (train, ingest))
+    assert train_box.resources.limits == train_box.resources.requests == {"cpu": "32", "memory": "240Gi",
+                                                                          "nvidia.com/gpu": "8"}
+    assert ingest_box.resources.requests == {"cpu": "2", "memory": "8Gi"}
+    shm = {v.name: v for v in train.spec.volumes}["shm"].empty_dir
+    assert (shm.medium, shm.size_limit) == ("Memory", "64Gi")  # configs/runtimes.yaml
+    assert {m.mount_path: m.name for m in train_box.volume_mounts}["/dev/shm"] == "shm"
+    assert "shm" not in {v.name for v in ingest.spec.volumes}
+    assert train.spec.termination_grace_period_seconds == 900  # SIGTERM: time to save and mirror a checkpoint
+    assert (tasks["train"].startup_timeout_seconds, tasks["ingest"].startup_timeout_seconds) == (1800, 600)
+    for pod, box in ((train, train_box), (ingest, ingest_box)):
+        context = pod.spec.security_context
+        assert (context.run_as_non_root, context.run_as_user, context.fs_group) == (True, 10001, 10001)
+        assert box.security_context.allow_privilege_escalation is False
+        assert box.security_context.capabilities.drop == ["ALL"]
+    assert train.spec.node_selector == {"role": "gpu"} and train_box.image.endswith("chat-retrain-train:latest")
+    assert train_box.args[train_box.args.index("--dataset") + 1] == "data/x#sha256=0"
+
+
+def _rendered_job(train, try_number: int, kubeconfig: Path):
+    """The V1Job the operator would submit for this attempt: its templates rendered, then its own builder."""
+    task = _offline(train, kubeconfig)
+    task.render_template_fields(_context(try_number))
+    return task.build_job_request_obj(_context(try_number))
+
+
+def test_multi_node_job_names_line_up_and_a_retry_gets_a_fresh_job(monkeypatch, tmp_path):
+    train = {t.task_id: t for t in _dag(monkeypatch, "kubernetes", tmp_path, train_nodes=2, gpus_per_node=8).tasks}[
+        "train"]
+    first, retry = _rendered_job(train, 1, tmp_path / "kube"), _rendered_job(train, 2, tmp_path / "kube")
+    assert first.metadata.name == "job-train-20261122t020000-1"  # the operator prefixes "job-" to the name we give
+    assert retry.metadata.name == "job-train-20261122t020000-2"  # no 409 AlreadyExists on the retry
+    spec = first.spec
+    assert (spec.completion_mode, spec.completions, spec.parallelism, spec.backoff_limit) == ("Indexed", 2, 2, 0)
+    assert spec.ttl_seconds_after_finished == 86400
+    pod = spec.template.spec
+    (container,) = [c for c in pod.containers if c.name == "base"]
+    env = {e.name: e for e in container.env}
+    # Kubernetes names pod i of an indexed Job <job>-<i> and labels it with the Job's name; the pod reads the label
+    assert env["TRAIN_JOB_NAME"].value_from.field_ref.field_path == "metadata.labels['batch.kubernetes.io/job-name']"
+    labels_on_pod = {"batch.kubernetes.io/job-name": first.metadata.name}  # what the Job controller sets
+    job_name = labels_on_pod[env["TRAIN_JOB_NAME"].value_from.field_ref.field_path.split("'")[1]]
+    (endpoint,) = [c.replace("$(TRAIN_JOB_NAME)", job_name).split("=", 1)[1] for c in container.command
+                   if c.startswith("--rdzv_endpoint=")]
+    pod_zero = f"{first.metadata.name}-0.{pod.subdomain}"  # hostname.subdomain of completion index 0
+    assert endpoint == f"{pod_zero}:29500" and pod.subdomain == "chat-retrain-train"
+    assert spec.template.metadata.labels["app"] == "chat-retrain-train"  # the headless service selects them
+    assert container.resources.limits["nvidia.com/gpu"] == "8"
+    assert container.args[container.args.index("--run-date") + 1] == "2026-11-22"
 
 
 def test_launcher_for_one_device_is_plain_python():
