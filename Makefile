@@ -24,7 +24,7 @@ export TOKENIZERS_PARALLELISM := false
 # Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
 WITH_STACK = $(PY) -m pipeline.stack up --services s3,mlflow && eval "$$($(PY) -m pipeline.stack env)" &&
 
-.PHONY: setup run airflow-db ui browser test test-slow test-containers test-faults lint lint-infra clean lock bench bench-evaluate rollback models \
+.PHONY: setup run airflow-db ui browser test test-slow test-containers test-faults test-postgres lint lint-infra clean lock bench bench-evaluate rollback models \
 	serve chat backfill images up status down
 
 setup: $(VENV)/.installed
@@ -118,7 +118,7 @@ chat: setup
 
 ## Default tier: unit + dags + integration (tiny model, whole DAG). Heavier tiers have their own targets.
 test: setup browser lint lint-infra
-	$(PY) -m pytest -m "not slow and not gpu and not containers and not faults" --durations=20 tests
+	$(PY) -m pytest -m "not slow and not gpu and not containers and not faults and not postgres" --durations=20 tests
 
 test-slow: setup
 	$(PY) -m pytest -m slow tests
@@ -126,6 +126,10 @@ test-slow: setup
 ## A real stage of the DAG in a container, through DockerOperator and podman's Docker API (needs `make images`).
 test-containers: setup
 	$(PY) -m pytest -m containers tests
+
+## Airflow and the MLflow server on a throwaway PostgreSQL cluster (Debian's postgresql), beside the same run on SQLite.
+test-postgres: setup
+	$(PY) -m pytest -m postgres -s tests/stack
 
 ## Fault injection (tests/faults): kill -9 / SIGTERM of stages, S3 and MLflow outages, full disks, corrupt checkpoints.
 test-faults: setup

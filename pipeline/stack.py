@@ -62,6 +62,9 @@ class StackConfig:
     api_workers: int = field(default=1, metadata={"help": "Airflow api-server workers (2 cores: keep 1)."})
     parallelism: int = field(default=2, metadata={"help": "Airflow task slots (AIRFLOW__CORE__PARALLELISM)."})
     health_timeout: int = field(default=240, metadata={"help": "Seconds a service may take to become healthy."})
+    airflow_db: str = field(default="", metadata={"help": "Airflow's metadata DB, a SQLAlchemy URL (e.g. "
+                                                          "postgresql+psycopg2://u@host/airflow); empty: SQLite."})
+    mlflow_db: str = field(default="", metadata={"help": "MLflow server's store (postgresql+psycopg2://...); empty: SQLite."})
 
     def port(self, service: str) -> int | None:
         return {"s3": self.s3_port, "mlflow": self.mlflow_port, "api-server": self.airflow_port,
@@ -210,6 +213,8 @@ def _service_env(home: Path, config: StackConfig, ports: dict, keys: dict) -> di
            "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"], "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports.get("scheduler", config.worker_log_port)),
            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.get("triggerer", config.triggerer_log_port))}
+    if config.airflow_db:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = config.airflow_db
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)  # a pytest session's setting must not leak into services
     for key, value in objectstore.retry_env().items():  # the MLflow server's own S3 client retries like ours
         env.setdefault(key, value)
@@ -223,7 +228,8 @@ def _command(name: str, home: Path, config: StackConfig, ports: dict) -> list[st
     if name == "mlflow":
         store = home / ".mlflow" / "mlflow.db"
         store.parent.mkdir(parents=True, exist_ok=True)
-        return [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}", "--serve-artifacts",
+        return [str(BIN / "mlflow"), "server", "--backend-store-uri", config.mlflow_db or f"sqlite:///{store}",
+                "--serve-artifacts",
                 "--artifacts-destination", f"s3://{config.bucket}/artifacts", "--host", "127.0.0.1",
                 "--port", str(ports["mlflow"]), "--workers", str(config.mlflow_workers)]
     return [str(BIN / "airflow"), name]
