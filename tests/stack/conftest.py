@@ -13,15 +13,21 @@ Teardown: `stack down`, then no process of the stack may be left.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from stack_processes import PORT_KEYS, free_ports, leftovers, port_flags, stack_command
+from stack_processes import (
+    PORT_KEYS,
+    free_ports,
+    leftovers,
+    port_flags,
+    stack_command,
+    wait_for_scheduled_run,
+)
 
-from pipeline import services, stack
+from pipeline import stack
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "nightly_chat_retrain"
@@ -80,7 +86,7 @@ def nightly_stack(tmp_path_factory, stack_config) -> NightlyStack:
         started = stack_command("up", "--home", str(home), *port_flags(ports), env=env)
         assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr}"
         airflow_url = f"http://127.0.0.1:{ports[2]}"
-        dag_run = wait_for_scheduled_run(airflow_url)
+        dag_run = wait_for_scheduled_run(airflow_url, RUN_TIMEOUT_S)
         yield NightlyStack(home=home, airflow_url=airflow_url, mlflow_url=f"http://127.0.0.1:{ports[1]}",
                            s3_url=f"http://127.0.0.1:{ports[0]}", config=stack_config,
                            dag_run_id=dag_run["dag_run_id"], logical_date=dag_run["logical_date"], dag_run=dag_run,
@@ -89,15 +95,3 @@ def nightly_stack(tmp_path_factory, stack_config) -> NightlyStack:
         stopped = stack_command("down", "--home", str(home), env=env)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert not leftovers(home), f"processes of the stack left after `stack down`: {leftovers(home)}"
-
-
-def wait_for_scheduled_run(airflow_url: str) -> dict:
-    """The first run the scheduler created by itself, once it has finished (success or failed)."""
-    deadline, runs = time.monotonic() + RUN_TIMEOUT_S, []
-    while time.monotonic() < deadline:
-        runs = [run for run in services.get_json(f"{airflow_url}/api/v2/dags/{DAG_ID}/dagRuns")["dag_runs"]
-                if run["run_type"] == "scheduled"]
-        if runs and runs[0]["state"] in ("success", "failed"):
-            return runs[0]
-        time.sleep(3)
-    pytest.fail(f"no finished scheduled run of {DAG_ID} after {RUN_TIMEOUT_S} s; runs: {runs}")

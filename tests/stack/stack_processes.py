@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pipeline import services
@@ -45,3 +46,17 @@ def leftovers(home: Path) -> list[str]:
         if services.start_time(int(entry.name)) is not None and str(home).encode() in command + environ:
             found.append(entry.name + ": " + command.replace(b"\0", b" ").decode(errors="replace")[:150])
     return found
+
+
+def wait_for_scheduled_run(airflow_url: str, timeout_s: int, dag_id: str = "nightly_chat_retrain") -> dict:
+    """The first run the scheduler created by itself, once it has finished (success or failed)."""
+    import pytest
+
+    deadline, runs = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        runs = [run for run in services.get_json(f"{airflow_url}/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]
+                if run["run_type"] == "scheduled"]
+        if runs and runs[0]["state"] in ("success", "failed"):
+            return runs[0]
+        time.sleep(3)
+    pytest.fail(f"no finished scheduled run of {dag_id} after {timeout_s} s; runs: {runs}")

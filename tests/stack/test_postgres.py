@@ -18,23 +18,17 @@ from datetime import datetime
 
 import pytest
 from postgres_cluster import psql, throwaway_cluster
-from stack_processes import PORT_KEYS, free_ports, leftovers, port_flags, stack_command
-
-from pipeline import services
+from stack_processes import (
+    PORT_KEYS,
+    free_ports,
+    leftovers,
+    port_flags,
+    stack_command,
+    wait_for_scheduled_run,
+)
 
 pytestmark = pytest.mark.postgres
 DAG_ID = "nightly_chat_retrain"
-
-
-def _finished_scheduled_run(airflow_url: str, timeout_s: int = 420) -> dict:
-    deadline, runs = time.monotonic() + timeout_s, []
-    while time.monotonic() < deadline:
-        runs = [run for run in services.get_json(f"{airflow_url}/api/v2/dags/{DAG_ID}/dagRuns")["dag_runs"]
-                if run["run_type"] == "scheduled"]
-        if runs and runs[0]["state"] in ("success", "failed"):
-            return runs[0]
-        time.sleep(3)
-    pytest.fail(f"no finished scheduled run of {DAG_ID} after {timeout_s} s; runs: {runs}")
 
 
 @pytest.mark.timeout(900)
@@ -52,7 +46,7 @@ def test_nightly_run_with_airflow_and_mlflow_on(database, stack_config, tmp_path
             started = stack_command("up", "--home", str(home), *port_flags(ports), *databases, env=env, timeout=600)
             assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr[-3000:]}"
             up_s = time.monotonic() - began
-            run = _finished_scheduled_run(f"http://127.0.0.1:{ports[2]}")
+            run = wait_for_scheduled_run(f"http://127.0.0.1:{ports[2]}", 420)
             assert run["state"] == "success", run
             run_s = (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])).total_seconds()
             print(f"\n[{database}] stack up {up_s:.0f} s; scheduled DAG run {run_s:.0f} s (start to end, Airflow's clock)")
