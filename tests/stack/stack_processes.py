@@ -48,8 +48,10 @@ def leftovers(home: Path) -> list[str]:
     return found
 
 
-def wait_for_scheduled_run(airflow_url: str, timeout_s: int, dag_id: str = "nightly_chat_retrain") -> dict:
-    """The first run the scheduler created by itself, once it has finished (success or failed)."""
+def wait_for_scheduled_run(airflow_url: str, timeout_s: int, dag_id: str = "nightly_chat_retrain",
+                           stop_on_retry: bool = False) -> dict:
+    """The first run the scheduler created by itself, once it has finished (success or failed). stop_on_retry: fail
+    at a task's first failed attempt instead of sitting through the DAG's retry delays (minutes each)."""
     import pytest
 
     deadline, runs = time.monotonic() + timeout_s, []
@@ -58,5 +60,11 @@ def wait_for_scheduled_run(airflow_url: str, timeout_s: int, dag_id: str = "nigh
                 if run["run_type"] == "scheduled"]
         if runs and runs[0]["state"] in ("success", "failed"):
             return runs[0]
+        if runs and stop_on_retry:
+            instances = services.get_json(f"{airflow_url}/api/v2/dags/{dag_id}/dagRuns/{runs[0]['dag_run_id']}"
+                                          "/taskInstances")["task_instances"]
+            retrying = [ti["task_id"] for ti in instances if ti["state"] in ("up_for_retry", "failed")]
+            if retrying:
+                pytest.fail(f"task(s) {retrying} of {runs[0]['dag_run_id']} failed an attempt; see the task logs")
         time.sleep(3)
     pytest.fail(f"no finished scheduled run of {dag_id} after {timeout_s} s; runs: {runs}")
