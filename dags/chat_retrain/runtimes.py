@@ -66,9 +66,13 @@ class RuntimeConfig:
     namespace: str = "chat-retrain"
     service_account: str = "chat-retrain"  # bound to an IAM role (IRSA): S3 access without keys
     secrets: list[str] = field(default_factory=lambda: ["chat-retrain-env"])  # mounted as environment
-    work_volume_claim: str = "chat-retrain-work"  # ReadWriteMany: data/, runs/ shared by the stage pods
+    data_volume_claim: str = "chat-retrain-data"  # ReadWriteMany claims at /app/data and /app/runs, shared by
+    runs_volume_claim: str = "chat-retrain-runs"  # the stage pods (the docker runtime's two named volumes)
     cpu_node_selector: dict = field(default_factory=dict)
     train_node_selector: dict = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    # The GPU node group's taint (infra/terraform eks.tf): without the toleration no training pod is ever placed.
+    train_tolerations: list[dict] = field(default_factory=lambda: [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
     train_nodes: int = 1  # > 1: an indexed Kubernetes Job, one pod per node, torchrun rendezvous on pod 0
     gpus_per_node: int = 1
     train_cpu: str = "8"
@@ -223,10 +227,11 @@ def _kubernetes(task_id, args, config, training, **task_kwargs):
         {"cpu": config.stage_cpu, "memory": config.stage_memory}
     if training and config.gpus_per_node:
         limits["nvidia.com/gpu"] = str(config.gpus_per_node)
-    volumes = [k8s.V1Volume(name="work", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-        claim_name=config.work_volume_claim))]
-    # data/ and runs/ on one shared volume, at the paths the configs use relative to /app
-    mounts = [k8s.V1VolumeMount(name="work", mount_path=f"{CONTAINER_ROOT}/{d}", sub_path=d) for d in ("data", "runs")]
+    # data/ and runs/ on shared volumes, at the paths the configs use relative to /app
+    claims = {"data": config.data_volume_claim, "runs": config.runs_volume_claim}
+    volumes = [k8s.V1Volume(name=name, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+        claim_name=claim)) for name, claim in claims.items()]
+    mounts = [k8s.V1VolumeMount(name=name, mount_path=f"{CONTAINER_ROOT}/{name}") for name in claims]
     if training:
         volumes.append(k8s.V1Volume(name="shm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory",
                                                                                      size_limit=config.train_shm)))
@@ -239,6 +244,7 @@ def _kubernetes(task_id, args, config, training, **task_kwargs):
         env_vars=[k8s.V1EnvVar(name="PIPELINE_XCOM_FILE", value=XCOM_FILE)],
         volumes=volumes, volume_mounts=mounts,
         node_selector=config.train_node_selector if training else config.cpu_node_selector,
+        tolerations=[k8s.V1Toleration(**t) for t in config.train_tolerations] if training else None,
         container_resources=k8s.V1ResourceRequirements(requests=limits, limits=limits),
         startup_timeout_seconds=config.train_startup_timeout_s if training else config.startup_timeout_s,
         termination_grace_period=config.train_grace_s if training else None,

@@ -97,9 +97,25 @@ resource "kubernetes_storage_class_v1" "efs" {
   }
 }
 
-resource "kubernetes_persistent_volume_claim_v1" "work" {
+# /app/data of every stage pod (configs/runtimes.yaml data_volume_claim); its own EFS access point.
+resource "kubernetes_persistent_volume_claim_v1" "data" {
   metadata {
-    name      = "chat-retrain-work"
+    name      = "chat-retrain-data"
+    namespace = local.namespace
+  }
+  spec {
+    access_modes       = ["ReadWriteMany"]
+    storage_class_name = kubernetes_storage_class_v1.efs.metadata[0].name
+    resources {
+      requests = { storage = "500Gi" }
+    }
+  }
+}
+
+# /app/runs of every stage pod (configs/runtimes.yaml runs_volume_claim); its own EFS access point.
+resource "kubernetes_persistent_volume_claim_v1" "runs" {
+  metadata {
+    name      = "chat-retrain-runs"
     namespace = local.namespace
   }
   spec {

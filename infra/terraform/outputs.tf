@@ -34,6 +34,6 @@ output "mlflow_tracking_uri" {
 }
 
 output "work_file_system_id" {
-  description = "EFS file system behind the chat-retrain-work volume claim."
+  description = "EFS file system behind the chat-retrain-data and chat-retrain-runs volume claims."
   value       = aws_efs_file_system.work.id
 }

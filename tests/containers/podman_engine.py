@@ -19,8 +19,9 @@ VERSION = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_tex
 CPU_IMAGE = f"localhost/chat-retrain-cpu:{VERSION}"
 
 
-def podman(*args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["podman", *args], input=stdin, capture_output=True, timeout=600)
+def podman(*args: str, stdin: bytes | None = None, check: bool = True, timeout: int = 600
+           ) -> subprocess.CompletedProcess:
+    result = subprocess.run(["podman", *args], input=stdin, capture_output=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} -> {result.returncode}: {result.stderr.decode()[-2000:]}")
     return result

@@ -177,6 +177,9 @@ def test_kubernetes_pods_as_submitted_resources_shm_grace_and_non_root(monkeypat
     assert (shm.medium, shm.size_limit) == ("Memory", "64Gi")  # configs/runtimes.yaml
     assert {m.mount_path: m.name for m in train_box.volume_mounts}["/dev/shm"] == "shm"
     assert "shm" not in {v.name for v in ingest.spec.volumes}
+    assert [(t.key, t.operator, t.effect) for t in train.spec.tolerations] == [("nvidia.com/gpu", "Exists",
+                                                                                "NoSchedule")]
+    assert not ingest.spec.tolerations  # the CPU stages stay off the GPU nodes
     assert train.spec.termination_grace_period_seconds == 900  # SIGTERM: time to save and mirror a checkpoint
     assert (tasks["train"].startup_timeout_seconds, tasks["ingest"].startup_timeout_seconds) == (1800, 600)
     for pod, box in ((train, train_box), (ingest, ingest_box)):

@@ -71,8 +71,13 @@ def test_what_the_kubernetes_runtime_expects_exists(terraform):
     claims = {b["metadata"][0]["name"] for b in _resources(terraform, "kubernetes_persistent_volume_claim_v1").values()}
     services = {b["metadata"][0]["name"] for b in _resources(terraform, "kubernetes_service_v1").values()}
     assert runtime["service_account"] in accounts and set(runtime["secrets"]) <= secrets
-    assert runtime["work_volume_claim"] in claims and "chat-retrain-train" in services  # rendezvous service
-    assert runtime["train_node_selector"] == _resources(terraform, "aws_eks_node_group")["gpu"]["labels"]
+    assert {runtime["data_volume_claim"], runtime["runs_volume_claim"]} <= claims
+    assert "chat-retrain-train" in services  # rendezvous service
+    gpu_nodes = _resources(terraform, "aws_eks_node_group")["gpu"]
+    assert runtime["train_node_selector"] == gpu_nodes["labels"]
+    (taint,) = gpu_nodes["taint"]  # training pods must tolerate it, or they are never placed
+    assert {(t["key"], t["effect"]) for t in runtime["train_tolerations"]} == {
+        (taint["key"], taint["effect"].title().replace("_", ""))}
     assert _resources(terraform, "kubernetes_deployment_v1")["mlflow"]
 
 

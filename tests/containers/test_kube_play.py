@@ -1,0 +1,107 @@
+"""The nightly DAG's pods, as the Kubernetes providers build them, run for real with `podman kube play`:
+ingest -> validate -> train (tiny model) -> evaluate -> promote, each stage's pod built by
+KubernetesPodOperator.build_pod_request_obj from the DAG parsed with CHAT_RETRAIN_RUNTIME=kubernetes, its
+templates rendered with the XComs the previous pods left in their sidecars. The pods share the two claims (podman
+volumes), get the MLflow server and S3 of `make up` from their secret (envFrom), and run as uid 10001.
+See kube_pods.py for what stands in for the cluster.
+
+    make images && .venv/bin/python -m pytest -m containers tests/containers/test_kube_play.py
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from kube_pods import DAG_RUN_ID, create_secret, play, run_context, submitted
+from mlflow import MlflowClient
+from podman_engine import (
+    CPU_IMAGE,
+    copy_into_volume,
+    list_volume,
+    new_volume,
+    podman,
+    remove_volumes,
+    require_image,
+)
+from stack_processes import free_ports, stack_command
+
+from pipeline import stack
+
+pytestmark = pytest.mark.containers
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("ingest", "validate", "train", "evaluate", "promote")
+CONFIG = "/app/data/inputs/config.yaml"
+
+
+@pytest.fixture
+def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
+    """The DAG parsed for Kubernetes against podman volumes / secret and the stack's S3 + MLflow server."""
+    require_image()
+    home, ports = tmp_path / "home", free_ports(2)
+    data, runs = new_volume("chat-retrain-data"), new_volume("chat-retrain-runs")
+    secret = f"chat-retrain-env-{uuid.uuid4().hex[:8]}"
+    try:
+        started = stack_command("up", "--home", str(home), "--services", "s3,mlflow", "--set",
+                                f"stack.s3_port={ports[0]}", "--set", f"stack.mlflow_port={ports[1]}")
+        assert started.returncode == 0, started.stdout + started.stderr
+        create_secret(secret, stack.client_env(home))
+        config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+        config["project"]["base_model"] = "/app/data/inputs/tiny-model"
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        copy_into_volume(data, "/app/data", {"inputs/config.yaml": tmp_path / "config.yaml",
+                                             "inputs/tiny-model": tiny_model_dir})
+        settings = {"kubernetes": {
+            "cpu_image": CPU_IMAGE, "train_image": CPU_IMAGE, "gpus_per_node": 0, "secrets": [secret],
+            "data_volume_claim": data, "runs_volume_claim": runs, "stage_cpu": "1", "stage_memory": "4Gi",
+            "train_cpu": "2", "train_memory": "6Gi", "train_shm": "1Gi"}}
+        (tmp_path / "runtimes.yaml").write_text(yaml.safe_dump(settings))
+        monkeypatch.setenv("CHAT_RETRAIN_RUNTIME", "kubernetes")
+        monkeypatch.setenv("CHAT_RETRAIN_RUNTIME_CONFIG", str(tmp_path / "runtimes.yaml"))
+        # The XCom sidecar's image is the kubernetes connection's setting (a registry mirror of alpine in an
+        # offline cluster); here any local image with `sh`.
+        monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(
+            {"conn_type": "kubernetes", "extra": {"xcom_sidecar_container_image": CPU_IMAGE}}))
+        sys.path.insert(0, str(REPO / "dags"))
+        dag = runpy.run_path(str(REPO / "dags" / "nightly_chat_retrain.py"))["dag"]
+        yield dag, home, data, runs
+    finally:
+        stopped = stack_command("down", "--home", str(home))
+        podman("secret", "rm", secret, check=False)
+        remove_volumes(data, runs)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+@pytest.mark.timeout(1500)
+def test_the_dag_s_pods_run_in_order_with_podman_kube_play(kube_dag, tmp_path):
+    dag, home, data, runs = kube_dag
+    xcoms, pods = {}, {}
+    for stage in STAGES:
+        pods[stage] = submitted(dag.get_task(stage), run_context(xcoms, CONFIG), tmp_path)
+        code, log, xcom = play(pods[stage], tmp_path)
+        assert code == 0, f"{stage} pod exited {code}:\n{log[-4000:]}"
+        assert xcom, f"{stage} left no /airflow/xcom/return.json:\n{log[-2000:]}"
+        xcoms[stage] = json.loads(xcom)
+
+    # Each pod got the URI its predecessor wrote, through the rendered template, not a copy of the config.
+    args = {stage: pod["spec"]["containers"][0]["args"] for stage, pod in pods.items()}
+    assert args["validate"][args["validate"].index("--dataset") + 1] == xcoms["ingest"]
+    assert args["train"][args["train"].index("--dataset") + 1] == xcoms["validate"]
+    assert args["evaluate"][args["evaluate"].index("--model") + 1] == xcoms["train"]
+    assert args["promote"][args["promote"].index("--evaluation") + 1] == xcoms["evaluate"]
+    train = pods["train"]["spec"]
+    assert {v["name"]: v.get("emptyDir") for v in train["volumes"]}["shm"] == {"medium": "Memory", "sizeLimit": "1Gi"}
+    assert train["terminationGracePeriodSeconds"] == 900 and train["securityContext"]["runAsUser"] == 10001
+
+    # What the pods wrote is on the shared volumes, as uid 10001; the champion is on the MLflow server.
+    data_files = list_volume(data, "/app/data")
+    assert data_files["conversations/dt=2026-11-22/turns.parquet"] == "10001"
+    assert set(list_volume(runs, "/app/runs").values()) == {"10001"}
+    client = MlflowClient(stack.client_env(home)["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("tiny-chat", "champion")
+    assert champion.tags["airflow.run_id"] == DAG_RUN_ID
