@@ -16,4 +16,5 @@ trap 'rm -rf "$rootfs"' EXIT
 debootstrap --variant=minbase bookworm "$rootfs" "${mirror:-http://deb.debian.org/debian}"
 install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/host-ca-bundle.crt"
 rm -rf "$rootfs/var/cache/apt/archives/"*.deb
-tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$image"
+tar -C "$rootfs" -c . | podman import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["/bin/bash"]' - "$image"

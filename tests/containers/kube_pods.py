@@ -6,6 +6,9 @@ What stands in for the cluster, and nothing else changes in the objects:
 - the claims are podman named volumes of the same name (podman maps persistentVolumeClaim that way), the secret a
   podman secret of the same name (a JSON map of base64 values, the form podman 4.3 reads for envFrom).
 - the XCom is read the way the operator reads it: an exec into the `airflow-xcom-sidecar` container.
+- an indexed Job becomes its pods as the Job controller makes them (job_pods), and `$(VAR)` in a container's
+  command and args is expanded as the kubelet does (podman 4.3 does not); the headless Service's DNS record of
+  pod 0 is a line in /etc/hosts, which podman copies into the pods.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,17 +64,82 @@ def create_secret(name: str, values: dict[str, str]) -> None:
 
 def play(pod: dict, directory: Path, timeout_s: int = 900) -> tuple[int, str, str | None]:
     """Run one pod to the end of its `base` container: (exit code, its log, the XCom the sidecar holds)."""
-    pod = copy.deepcopy(pod)
-    pod["spec"]["hostNetwork"] = True
-    name = pod["metadata"]["name"]
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(pod))
+    return play_together([pod], directory, timeout_s)[0]
+
+
+def play_together(pods: list[dict], directory: Path, timeout_s: int = 900) -> list[tuple[int, str, str | None]]:
+    """Start all pods, then wait for each: (exit code, log, XCom) per pod, in order."""
+    names = [pod["metadata"]["name"] for pod in pods]
     try:
-        podman("kube", "play", str(path))
-        code = int(podman("wait", f"{name}-base", timeout=timeout_s).stdout.decode().strip())
-        log = podman("logs", f"{name}-base").stdout.decode() + podman("logs", f"{name}-base").stderr.decode()
-        xcom = podman("exec", f"{name}-airflow-xcom-sidecar", "cat", "/airflow/xcom/return.json",
-                      check=False).stdout.decode() or None
-        return code, log, xcom
+        for pod in pods:
+            pod = copy.deepcopy(pod)
+            pod["spec"]["hostNetwork"] = True
+            path = directory / f"{pod['metadata']['name']}.yaml"
+            path.write_text(yaml.safe_dump(pod))
+            podman("kube", "play", str(path))
+        results = []
+        for name in names:
+            code = int(podman("wait", f"{name}-base", timeout=timeout_s).stdout.decode().strip())
+            logs = podman("logs", f"{name}-base")
+            xcom = podman("exec", f"{name}-airflow-xcom-sidecar", "cat", "/airflow/xcom/return.json",
+                          check=False).stdout.decode() or None
+            results.append((code, logs.stdout.decode() + logs.stderr.decode(), xcom))
+        return results
     finally:
-        podman("pod", "rm", "--force", name, check=False)
+        for name in names:
+            podman("pod", "rm", "--force", name, check=False)
+
+
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def job_pods(job: dict) -> list[dict]:
+    """The pods the Job controller creates for an indexed Job: pod i is <job>-<i>, labelled with the Job's name and
+    annotated with its completion index, which JOB_COMPLETION_INDEX reads through the downward API."""
+    name, template = job["metadata"]["name"], job["spec"]["template"]
+    pods = []
+    for index in range(job["spec"]["completions"]):
+        metadata = copy.deepcopy(template.get("metadata") or {})
+        metadata.update(name=f"{name}-{index}")
+        metadata.setdefault("labels", {}).update({"batch.kubernetes.io/job-name": name, "job-name": name,
+                                                  INDEX: str(index)})
+        metadata.setdefault("annotations", {})[INDEX] = str(index)
+        spec = copy.deepcopy(template["spec"])
+        for container in spec["containers"]:
+            container.setdefault("env", []).append(
+                {"name": "JOB_COMPLETION_INDEX",
+                 "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX}']"}}})
+        pods.append(kubelet_expanded({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}))
+    return pods
+
+
+def kubelet_expanded(pod: dict) -> dict:
+    """$(NAME) in command/args replaced by the container's env value (plain or a label/annotation fieldRef)."""
+    pod = copy.deepcopy(pod)
+    for container in pod["spec"]["containers"]:
+        env = {}
+        for var in container.get("env") or []:
+            path = ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", "")
+            found = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            elif found:
+                env[var["name"]] = pod["metadata"][found.group(1)][found.group(2)]
+        for key in ("command", "args"):
+            container[key] = [re.sub(r"\$\((\w+)\)", lambda m, env=env: env.get(m.group(1), m.group(0)), part)
+                              for part in container.get(key) or []]
+    return pod
+
+
+@contextmanager
+def host_records(records: dict[str, str]):
+    """name -> address records while the block runs, as the cluster's DNS has them (each pod's own hostname, the
+    headless Service's name of pod 0); podman copies /etc/hosts into host-network pods. Each pod needs an address
+    of its own: torchrun tells nodes apart by FQDN and pid, and every container's torchrun is pid 1."""
+    hosts = Path("/etc/hosts")
+    original = hosts.read_text()
+    hosts.write_text(original.rstrip("\n") + "".join(f"\n{ip} {name}" for name, ip in records.items()) + "\n")
+    try:
+        yield
+    finally:
+        hosts.write_text(original)

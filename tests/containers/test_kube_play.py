@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kube_pods import DAG_RUN_ID, create_secret, play, run_context, submitted
+from kube_pods import (
+    DAG_RUN_ID,
+    create_secret,
+    host_records,
+    job_pods,
+    play,
+    play_together,
+    run_context,
+    submitted,
+)
 from mlflow import MlflowClient
 from podman_engine import (
     CPU_IMAGE,
@@ -56,11 +65,10 @@ def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
         copy_into_volume(data, "/app/data", {"inputs/config.yaml": tmp_path / "config.yaml",
                                              "inputs/tiny-model": tiny_model_dir})
-        settings = {"kubernetes": {
+        settings = {
             "cpu_image": CPU_IMAGE, "train_image": CPU_IMAGE, "gpus_per_node": 0, "secrets": [secret],
             "data_volume_claim": data, "runs_volume_claim": runs, "stage_cpu": "1", "stage_memory": "4Gi",
-            "train_cpu": "2", "train_memory": "6Gi", "train_shm": "1Gi"}}
-        (tmp_path / "runtimes.yaml").write_text(yaml.safe_dump(settings))
+            "train_cpu": "1", "train_memory": "6Gi", "train_shm": "1Gi"}
         monkeypatch.setenv("CHAT_RETRAIN_RUNTIME", "kubernetes")
         monkeypatch.setenv("CHAT_RETRAIN_RUNTIME_CONFIG", str(tmp_path / "runtimes.yaml"))
         # The XCom sidecar's image is the kubernetes connection's setting (a registry mirror of alpine in an
@@ -68,8 +76,12 @@ def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(
             {"conn_type": "kubernetes", "extra": {"xcom_sidecar_container_image": CPU_IMAGE}}))
         sys.path.insert(0, str(REPO / "dags"))
-        dag = runpy.run_path(str(REPO / "dags" / "nightly_chat_retrain.py"))["dag"]
-        yield dag, home, data, runs
+
+        def parse(**more):
+            (tmp_path / "runtimes.yaml").write_text(yaml.safe_dump({"kubernetes": {**settings, **more}}))
+            return runpy.run_path(str(REPO / "dags" / "nightly_chat_retrain.py"))["dag"]
+
+        yield parse, home, data, runs
     finally:
         stopped = stack_command("down", "--home", str(home))
         podman("secret", "rm", secret, check=False)
@@ -79,7 +91,8 @@ def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
 
 @pytest.mark.timeout(1500)
 def test_the_dag_s_pods_run_in_order_with_podman_kube_play(kube_dag, tmp_path):
-    dag, home, data, runs = kube_dag
+    parse, home, data, runs = kube_dag
+    dag = parse()
     xcoms, pods = {}, {}
     for stage in STAGES:
         pods[stage] = submitted(dag.get_task(stage), run_context(xcoms, CONFIG), tmp_path)
@@ -105,3 +118,41 @@ def test_the_dag_s_pods_run_in_order_with_podman_kube_play(kube_dag, tmp_path):
     client = MlflowClient(stack.client_env(home)["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias("tiny-chat", "champion")
     assert champion.tags["airflow.run_id"] == DAG_RUN_ID
+
+
+@pytest.mark.timeout(1500)
+def test_multi_node_training_two_pods_of_the_indexed_job_meet_at_pod_zero(kube_dag, tmp_path):
+    """train_nodes: 2 on CPU: the Job's two pods (1 process each, gloo) rendezvous at <job>-0.chat-retrain-train,
+    the name Kubernetes gives pod 0 under the headless service, and train one model together."""
+    parse, home, data, runs = kube_dag
+    port = free_ports(1)[0]
+    dag = parse(train_nodes=2, rendezvous_port=port)
+    xcoms = {}
+    for stage in ("ingest", "validate"):
+        code, log, xcom = play(submitted(dag.get_task(stage), run_context(xcoms, CONFIG), tmp_path), tmp_path)
+        assert code == 0, log[-4000:]
+        xcoms[stage] = json.loads(xcom)
+
+    job = submitted(dag.get_task("train"), run_context(xcoms, CONFIG), tmp_path)
+    assert job["kind"] == "Job" and job["metadata"]["name"] == "job-train-20261122t020000-1"
+    pods = job_pods(job)
+    command = pods[1]["spec"]["containers"][0]["command"]
+    assert f"--rdzv_endpoint=job-train-20261122t020000-1-0.chat-retrain-train:{port}" in command
+    addresses = {pod["metadata"]["name"]: f"127.0.0.{10 + index}" for index, pod in enumerate(pods)}
+    pod_zero = pods[0]["metadata"]["name"]
+    with host_records({**addresses, f"{pod_zero}.chat-retrain-train": addresses[pod_zero]}):
+        results = play_together(pods, tmp_path)
+    for index, (code, log, _) in enumerate(results):
+        assert code == 0, f"node {index} exited {code}:\n{log[-4000:]}"
+    uris = [json.loads(xcom) for _, _, xcom in results]
+    assert uris[0] == uris[1]  # every node reports the run-scoped model; rank 0 wrote it
+    xcoms["train"] = uris  # the Job's XCom: one URI per node; evaluate takes the first
+    for stage in ("evaluate", "promote"):
+        code, log, xcom = play(submitted(dag.get_task(stage), run_context(xcoms, CONFIG), tmp_path), tmp_path)
+        assert code == 0, log[-4000:]
+        xcoms[stage] = json.loads(xcom)
+    client = MlflowClient(stack.client_env(home)["MLFLOW_TRACKING_URI"])
+    (train_run,) = client.search_runs(
+        [client.get_experiment_by_name("nightly-chat-retrain-test").experiment_id],
+        f"tags.`airflow.run_id` = '{DAG_RUN_ID}' and tags.`pipeline.stage` = 'train'")
+    assert train_run.data.params["train.world_size"] == "2"  # both pods trained; only rank 0 logged
