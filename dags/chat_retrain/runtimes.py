@@ -41,6 +41,7 @@ DOCKER_XCOM_FILE = "/tmp/pipeline-xcom.json"  # inside the container: its own /t
 # the stage writes JSON, the format the Kubernetes sidecar needs too.
 JSON_FILE = SimpleNamespace(load=json.load)
 TRAIN_SERVICE = "chat-retrain-train"  # headless service over multi-node training pods (infra/terraform)
+MLFLOW_CLIENT_LABEL = "mlflow-client"  # infra/terraform/mlflow.tf: the NetworkPolicy in front of the MLflow server
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by Kubernetes (1.27+) on every pod of a Job
 # What a stage needs to reach the tracking server and S3; the stack of `make up` sets these for its scheduler.
 SERVICE_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -252,6 +253,7 @@ def _kubernetes(task_id, args, config, training, **task_kwargs):
                                                   run_as_group=config.run_as_user, fs_group=config.run_as_user),
         container_security_context=k8s.V1SecurityContext(allow_privilege_escalation=False,
                                                          capabilities=k8s.V1Capabilities(drop=["ALL"])),
+        labels={MLFLOW_CLIENT_LABEL: "true"},  # the MLflow server's NetworkPolicy admits only these pods
         get_logs=True, on_finish_action="delete_succeeded_pod", **task_kwargs)
     if training and config.train_nodes > 1:
         # Pod i of an indexed Job is <job>-<i>.<TRAIN_SERVICE> (headless service from Terraform): pod 0 hosts the
@@ -266,8 +268,7 @@ def _kubernetes(task_id, args, config, training, **task_kwargs):
             name="train-{{ ts_nodash | lower }}-{{ ti.try_number }}", random_name_suffix=False,
             completion_mode="Indexed", completions=config.train_nodes, parallelism=config.train_nodes,
             backoff_limit=0, ttl_seconds_after_finished=24 * 3600, wait_until_job_complete=True, do_xcom_push=True,
-            labels={"app": TRAIN_SERVICE},
             full_pod_spec=k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")],
                                                        subdomain=TRAIN_SERVICE)),
-            **common)
+            **{**common, "labels": {**common["labels"], "app": TRAIN_SERVICE}})
     return KubernetesPodOperator(name=task_id, do_xcom_push=True, **common)

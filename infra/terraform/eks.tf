@@ -50,6 +50,27 @@ resource "aws_iam_role_policy_attachment" "nodes" {
   policy_arn = each.value
 }
 
+# IMDSv2 only, hop limit 1: a pod (one hop further) cannot reach the node's instance metadata and so cannot take
+# the node role's credentials; pods get their own roles through IRSA.
+resource "aws_launch_template" "nodes" {
+  for_each = toset(["cpu", "gpu"])
+  name     = "${var.name}-${each.key}"
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+  block_device_mappings {
+    device_name = "/dev/xvda"
+    ebs {
+      volume_size = each.key == "gpu" ? 200 : 50
+      volume_type = "gp3"
+      encrypted   = true
+      kms_key_id  = aws_kms_key.this.arn
+    }
+  }
+}
+
 resource "aws_eks_node_group" "cpu" {
   cluster_name    = aws_eks_cluster.this.name
   node_group_name = "cpu"
@@ -57,6 +78,10 @@ resource "aws_eks_node_group" "cpu" {
   subnet_ids      = var.private_subnet_ids
   instance_types  = var.cpu_instance_types
   labels          = { role = "cpu" }
+  launch_template {
+    id      = aws_launch_template.nodes["cpu"].id
+    version = aws_launch_template.nodes["cpu"].latest_version
+  }
   scaling_config {
     min_size     = 1
     desired_size = 2
@@ -73,8 +98,11 @@ resource "aws_eks_node_group" "gpu" {
   subnet_ids      = var.private_subnet_ids
   ami_type        = "AL2023_x86_64_NVIDIA"
   instance_types  = var.gpu_instance_types
-  disk_size       = 200
   labels          = { role = "gpu" }
+  launch_template {
+    id      = aws_launch_template.nodes["gpu"].id
+    version = aws_launch_template.nodes["gpu"].latest_version
+  }
   taint {
     key    = "nvidia.com/gpu"
     value  = "true"
@@ -86,6 +114,13 @@ resource "aws_eks_node_group" "gpu" {
     max_size     = var.gpu_max_nodes
   }
   depends_on = [aws_iam_role_policy_attachment.nodes]
+}
+
+# The VPC CNI with its network policy agent: without it NetworkPolicy objects (mlflow.tf) are accepted and ignored.
+resource "aws_eks_addon" "vpc_cni" {
+  cluster_name         = aws_eks_cluster.this.name
+  addon_name           = "vpc-cni"
+  configuration_values = jsonencode({ enableNetworkPolicy = "true" })
 }
 
 # The shared work volume (data/, runs/ of the stage pods) is EFS: ReadWriteMany across nodes.

@@ -3,9 +3,11 @@
 locals {
   oidc = replace(aws_iam_openid_connect_provider.this.url, "https://", "")
   service_accounts = {
-    pipeline = "system:serviceaccount:${local.namespace}:chat-retrain"
-    mlflow   = "system:serviceaccount:${local.namespace}:mlflow"
-    efs_csi  = "system:serviceaccount:kube-system:efs-csi-controller-sa"
+    pipeline           = "system:serviceaccount:${local.namespace}:chat-retrain"
+    mlflow             = "system:serviceaccount:${local.namespace}:mlflow"
+    efs_csi            = "system:serviceaccount:kube-system:efs-csi-controller-sa"
+    cluster_autoscaler = "system:serviceaccount:kube-system:cluster-autoscaler"
+    eso                = "system:serviceaccount:external-secrets:external-secrets"
   }
 }
 
@@ -42,14 +44,21 @@ data "aws_iam_policy_document" "trust" {
   }
 }
 
-data "aws_iam_policy_document" "buckets" {
+# The pipeline's pods read everything and write data partitions and checkpoints, but may delete only under
+# checkpoints/ of the data bucket (the checkpoint mirror's rotation, train.checkpoint_mirror): raw data is never
+# theirs to delete. The MLflow server owns the artifacts bucket.
+data "aws_iam_policy_document" "pipeline" {
   statement {
     actions   = ["s3:ListBucket"]
     resources = [for b in aws_s3_bucket.this : b.arn]
   }
   statement {
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    actions   = ["s3:GetObject", "s3:PutObject"]
     resources = [for b in aws_s3_bucket.this : "${b.arn}/*"]
+  }
+  statement {
+    actions   = ["s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.this["data"].arn}/checkpoints/*"]
   }
   statement {
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
@@ -57,9 +66,29 @@ data "aws_iam_policy_document" "buckets" {
   }
 }
 
-resource "aws_iam_policy" "buckets" {
-  name   = "${var.name}-buckets"
-  policy = data.aws_iam_policy_document.buckets.json
+data "aws_iam_policy_document" "mlflow" {
+  statement {
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.this["artifacts"].arn]
+  }
+  statement {
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.this["artifacts"].arn}/*"]
+  }
+  statement {
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.this.arn]
+  }
+}
+
+resource "aws_iam_policy" "pipeline" {
+  name   = "${var.name}-pipeline"
+  policy = data.aws_iam_policy_document.pipeline.json
+}
+
+resource "aws_iam_policy" "mlflow" {
+  name   = "${var.name}-mlflow"
+  policy = data.aws_iam_policy_document.mlflow.json
 }
 
 resource "aws_iam_role" "pipeline" {
@@ -69,7 +98,7 @@ resource "aws_iam_role" "pipeline" {
 
 resource "aws_iam_role_policy_attachment" "pipeline" {
   role       = aws_iam_role.pipeline.name
-  policy_arn = aws_iam_policy.buckets.arn
+  policy_arn = aws_iam_policy.pipeline.arn
 }
 
 resource "aws_iam_role" "mlflow" {
@@ -79,7 +108,7 @@ resource "aws_iam_role" "mlflow" {
 
 resource "aws_iam_role_policy_attachment" "mlflow" {
   role       = aws_iam_role.mlflow.name
-  policy_arn = aws_iam_policy.buckets.arn
+  policy_arn = aws_iam_policy.mlflow.arn
 }
 
 resource "aws_iam_role" "efs_csi" {

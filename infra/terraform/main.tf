@@ -3,11 +3,20 @@
 # accounts (iam.tf), and in-cluster pieces: namespace, service accounts, shared work volume, the MLflow tracking
 # server (kubernetes.tf). The VPC and its private subnets are inputs: networks are usually owned by another team.
 terraform {
-  required_version = ">= 1.6"
+  required_version = ">= 1.10" # S3 state locking without DynamoDB (use_lockfile)
   required_providers {
     aws        = { source = "hashicorp/aws", version = "~> 5.0" }
     kubernetes = { source = "hashicorp/kubernetes", version = "~> 2.30" }
+    helm       = { source = "hashicorp/helm", version = "~> 2.15" }
     tls        = { source = "hashicorp/tls", version = "~> 4.0" }
+  }
+  # Remote state, encrypted and locked: the state holds resource IDs and ARNs for every operator of this stack.
+  # The bucket is per organisation, so it is given at init:
+  #   terraform init -backend-config="bucket=<state bucket>" -backend-config="region=<region>"
+  backend "s3" {
+    key          = "chat-retrain/terraform.tfstate"
+    encrypt      = true
+    use_lockfile = true
   }
 }
 
@@ -23,6 +32,14 @@ provider "kubernetes" {
   host                   = aws_eks_cluster.this.endpoint
   cluster_ca_certificate = base64decode(aws_eks_cluster.this.certificate_authority[0].data)
   token                  = data.aws_eks_cluster_auth.this.token
+}
+
+provider "helm" {
+  kubernetes {
+    host                   = aws_eks_cluster.this.endpoint
+    cluster_ca_certificate = base64decode(aws_eks_cluster.this.certificate_authority[0].data)
+    token                  = data.aws_eks_cluster_auth.this.token
+  }
 }
 
 data "aws_eks_cluster_auth" "this" {

@@ -56,7 +56,13 @@ variable "db_instance_class" {
 }
 
 variable "mlflow_image" {
-  description = "MLflow server image, pinned to the client version in requirements.lock."
+  description = "MLflow server image (containers/mlflow/Dockerfile: MLflow pinned to requirements.lock, psycopg2, boto3), pushed to your registry."
   type        = string
-  default     = "ghcr.io/mlflow/mlflow:v3.17.2"
+  default     = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/chat-retrain-mlflow:3.17.2"
+}
+
+variable "mlflow_ui_namespace" {
+  description = "Namespace of the ingress controller that serves the MLflow UI to ML leads (the only other client the NetworkPolicy admits)."
+  type        = string
+  default     = "ingress-nginx"
 }

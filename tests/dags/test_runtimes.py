@@ -114,7 +114,7 @@ def test_kubernetes_runtime_gpus_node_selectors_secrets_and_xcom(monkeypatch):
     assert train.node_selector == {"role": "gpu"} and ingest.node_selector == {}
     assert train.cmds[:3] == ["torchrun", "--nproc_per_node=8", "--nnodes=1"] and ingest.cmds == ["python", "-m",
                                                                                                    "pipeline"]
-    assert [e.secret_ref.name for e in ingest.env_from] == ["chat-retrain-env"]  # secrets from Kubernetes
+    assert [e.secret_ref.name for e in ingest.env_from] == ["chat-retrain-env", "chat-retrain-mlflow-auth"]
     assert ingest.service_account_name == "chat-retrain" and ingest.do_xcom_push
     assert {e.name: e.value for e in ingest.env_vars}["PIPELINE_XCOM_FILE"] == "/airflow/xcom/return.json"
     assert sorted(m.mount_path for m in ingest.volume_mounts) == ["/app/data", "/app/runs"]
@@ -180,6 +180,7 @@ def test_kubernetes_pods_as_submitted_resources_shm_grace_and_non_root(monkeypat
     assert [(t.key, t.operator, t.effect) for t in train.spec.tolerations] == [("nvidia.com/gpu", "Exists",
                                                                                 "NoSchedule")]
     assert not ingest.spec.tolerations  # the CPU stages stay off the GPU nodes
+    assert train.metadata.labels["mlflow-client"] == ingest.metadata.labels["mlflow-client"] == "true"
     assert train.spec.termination_grace_period_seconds == 900  # SIGTERM: time to save and mirror a checkpoint
     assert (tasks["train"].startup_timeout_seconds, tasks["ingest"].startup_timeout_seconds) == (1800, 600)
     for pod, box in ((train, train_box), (ingest, ingest_box)):
@@ -219,6 +220,7 @@ def test_multi_node_job_names_line_up_and_a_retry_gets_a_fresh_job(monkeypatch, 
     pod_zero = f"{first.metadata.name}-0.{pod.subdomain}"  # hostname.subdomain of completion index 0
     assert endpoint == f"{pod_zero}:29500" and pod.subdomain == "chat-retrain-train"
     assert spec.template.metadata.labels["app"] == "chat-retrain-train"  # the headless service selects them
+    assert spec.template.metadata.labels["mlflow-client"] == "true"  # and the MLflow NetworkPolicy admits them
     assert container.resources.limits["nvidia.com/gpu"] == "8"
     assert container.args[container.args.index("--run-date") + 1] == "2026-11-22"
 

@@ -36,6 +36,11 @@ def terraform() -> dict:
     return merged
 
 
+def _local(terraform, name: str):
+    (value,) = [item[name] for item in terraform["locals"] if name in item]
+    return value
+
+
 def _resources(terraform, kind: str) -> dict:
     return {name: body for item in terraform.get("resource", []) for k, named in item.items() if k == kind
             for name, body in named.items()}
@@ -68,6 +73,7 @@ def test_what_the_kubernetes_runtime_expects_exists(terraform):
     runtime = yaml.safe_load((REPO / "configs" / "runtimes.yaml").read_text())["kubernetes"]
     accounts = {b["metadata"][0]["name"] for b in _resources(terraform, "kubernetes_service_account_v1").values()}
     secrets = {b["metadata"][0]["name"] for b in _resources(terraform, "kubernetes_secret_v1").values()}
+    secrets |= set(_local(terraform, "synced"))  # ExternalSecrets: synced from Secrets Manager (mlflow.tf)
     claims = {b["metadata"][0]["name"] for b in _resources(terraform, "kubernetes_persistent_volume_claim_v1").values()}
     services = {b["metadata"][0]["name"] for b in _resources(terraform, "kubernetes_service_v1").values()}
     assert runtime["service_account"] in accounts and set(runtime["secrets"]) <= secrets
@@ -100,3 +106,55 @@ def test_dockerfiles_pass_hadolint(dockerfile):
     result = subprocess.run([binary, "--no-color", str(REPO / "containers" / dockerfile / "Dockerfile")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gpu_nodes_can_start_and_be_used(terraform):
+    """Scale-from-zero needs the cluster autoscaler; nvidia.com/gpu exists only with the device plugin, which must
+    itself tolerate the GPU taint; both charts pinned."""
+    releases = _resources(terraform, "helm_release")
+    assert {"nvidia_device_plugin", "cluster_autoscaler", "external_secrets"} <= set(releases)
+    assert all(re.fullmatch(r"\d+\.\d+\.\d+", r["version"]) for r in releases.values())
+    plugin = releases["nvidia_device_plugin"]["values"][0]
+    assert 'key = "nvidia.com/gpu"' in plugin and 'effect = "NoSchedule"' in plugin  # placed on the tainted nodes
+    gpu = _resources(terraform, "aws_eks_node_group")["gpu"]
+    assert gpu["scaling_config"][0]["min_size"] == 0
+
+
+def test_nodes_require_imdsv2_with_hop_limit_one(terraform):
+    template = _resources(terraform, "aws_launch_template")["nodes"]
+    (options,) = template["metadata_options"]
+    assert (options["http_tokens"], options["http_put_response_hop_limit"]) == ("required", 1)
+    for group in _resources(terraform, "aws_eks_node_group").values():
+        (launch,) = group["launch_template"]
+        assert "aws_launch_template.nodes" in launch["id"]
+
+
+def test_pipeline_pods_cannot_delete_raw_data(terraform):
+    documents = {name: body for item in terraform["data"] for kind, named in item.items()
+                 if kind == "aws_iam_policy_document" for name, body in named.items()}
+    deletes = [s["resources"] for s in documents["pipeline"]["statement"] if "s3:DeleteObject" in s["actions"]]
+    assert deletes == [['${aws_s3_bucket.this["data"].arn}/checkpoints/*']]  # the checkpoint mirror's rotation
+    attached = _resources(terraform, "aws_iam_role_policy_attachment")["pipeline"]["policy_arn"]
+    assert attached == "${aws_iam_policy.pipeline.arn}"
+
+
+def test_registry_behind_auth_network_policy_and_synced_credentials(terraform):
+    deployment = _resources(terraform, "kubernetes_deployment_v1")["mlflow"]
+    (container,) = deployment["spec"][0]["template"][0]["spec"][0]["container"]
+    assert container["args"][:4] == ["mlflow", "server", "--app-name", "basic-auth"]
+    policy = _resources(terraform, "kubernetes_network_policy_v1")["mlflow"]["spec"][0]
+    assert policy["pod_selector"][0]["match_labels"] == {"app": "mlflow"}
+    clients = [f["pod_selector"][0]["match_labels"] for f in policy["ingress"][0]["from"] if "pod_selector" in f]
+    assert clients == [{"mlflow-client": "true"}]
+    # no password read through Terraform (it would sit in the state and go stale on rotation)
+    assert not [d for d in terraform["data"] if "aws_secretsmanager_secret_version" in d]
+    assert set(_local(terraform, "synced")) == {"mlflow-db", "chat-retrain-mlflow-auth"}
+    assert _resources(terraform, "kubernetes_job_v1")["mlflow_db_init"]["wait_for_completion"] is True
+    cni = _resources(terraform, "aws_eks_addon")["vpc_cni"]
+    assert "enableNetworkPolicy" in cni["configuration_values"]  # otherwise NetworkPolicy is ignored
+
+
+def test_state_is_remote_encrypted_and_locked(terraform):
+    (backend,) = [t["backend"] for t in terraform["terraform"] if "backend" in t]
+    (s3,) = [b["s3"] for b in backend]
+    assert s3["encrypt"] is True and s3["use_lockfile"] is True
