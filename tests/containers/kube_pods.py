@@ -69,25 +69,36 @@ def play(pod: dict, directory: Path, timeout_s: int = 900) -> tuple[int, str, st
 
 def play_together(pods: list[dict], directory: Path, timeout_s: int = 900) -> list[tuple[int, str, str | None]]:
     """Start all pods, then wait for each: (exit code, log, XCom) per pod, in order."""
-    names = [pod["metadata"]["name"] for pod in pods]
     try:
-        for pod in pods:
-            pod = copy.deepcopy(pod)
-            pod["spec"]["hostNetwork"] = True
-            path = directory / f"{pod['metadata']['name']}.yaml"
-            path.write_text(yaml.safe_dump(pod))
-            podman("kube", "play", str(path))
-        results = []
-        for name in names:
-            code = int(podman("wait", f"{name}-base", timeout=timeout_s).stdout.decode().strip())
-            logs = podman("logs", f"{name}-base")
-            xcom = podman("exec", f"{name}-airflow-xcom-sidecar", "cat", "/airflow/xcom/return.json",
-                          check=False).stdout.decode() or None
-            results.append((code, logs.stdout.decode() + logs.stderr.decode(), xcom))
-        return results
+        start(pods, directory)
+        return collect(pods, timeout_s)
     finally:
-        for name in names:
-            podman("pod", "rm", "--force", name, check=False)
+        remove(pods)
+
+
+def start(pods: list[dict], directory: Path) -> None:
+    for pod in pods:
+        pod = copy.deepcopy(pod)
+        pod["spec"]["hostNetwork"] = True
+        path = directory / f"{pod['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(pod))
+        podman("kube", "play", str(path))
+
+
+def collect(pods: list[dict], timeout_s: int = 900) -> list[tuple[int, str, str | None]]:
+    results = []
+    for name in (pod["metadata"]["name"] for pod in pods):
+        code = int(podman("wait", f"{name}-base", timeout=timeout_s).stdout.decode().strip())
+        logs = podman("logs", f"{name}-base")
+        xcom = podman("exec", f"{name}-airflow-xcom-sidecar", "cat", "/airflow/xcom/return.json",
+                      check=False).stdout.decode() or None
+        results.append((code, logs.stdout.decode() + logs.stderr.decode(), xcom))
+    return results
+
+
+def remove(pods: list[dict]) -> None:
+    for pod in pods:
+        podman("pod", "rm", "--force", pod["metadata"]["name"], check=False)
 
 
 INDEX = "batch.kubernetes.io/job-completion-index"

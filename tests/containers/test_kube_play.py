@@ -11,8 +11,10 @@ See kube_pods.py for what stands in for the cluster.
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -20,12 +22,15 @@ import pytest
 import yaml
 from kube_pods import (
     DAG_RUN_ID,
+    collect,
     create_secret,
     host_records,
     job_pods,
     play,
     play_together,
+    remove,
     run_context,
+    start,
     submitted,
 )
 from mlflow import MlflowClient
@@ -40,7 +45,7 @@ from podman_engine import (
 )
 from stack_processes import free_ports, stack_command
 
-from pipeline import stack
+from pipeline import objectstore, stack
 
 pytestmark = pytest.mark.containers
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +86,7 @@ def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
             (tmp_path / "runtimes.yaml").write_text(yaml.safe_dump({"kubernetes": {**settings, **more}}))
             return runpy.run_path(str(REPO / "dags" / "nightly_chat_retrain.py"))["dag"]
 
-        yield parse, home, data, runs
+        yield parse, home, data, runs, config
     finally:
         stopped = stack_command("down", "--home", str(home))
         podman("secret", "rm", secret, check=False)
@@ -91,7 +96,7 @@ def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
 
 @pytest.mark.timeout(1500)
 def test_the_dag_s_pods_run_in_order_with_podman_kube_play(kube_dag, tmp_path):
-    parse, home, data, runs = kube_dag
+    parse, home, data, runs, _ = kube_dag
     dag = parse()
     xcoms, pods = {}, {}
     for stage in STAGES:
@@ -124,7 +129,7 @@ def test_the_dag_s_pods_run_in_order_with_podman_kube_play(kube_dag, tmp_path):
 def test_multi_node_training_two_pods_of_the_indexed_job_meet_at_pod_zero(kube_dag, tmp_path):
     """train_nodes: 2 on CPU: the Job's two pods (1 process each, gloo) rendezvous at <job>-0.chat-retrain-train,
     the name Kubernetes gives pod 0 under the headless service, and train one model together."""
-    parse, home, data, runs = kube_dag
+    parse, home, data, runs, _ = kube_dag
     port = free_ports(1)[0]
     dag = parse(train_nodes=2, rendezvous_port=port)
     xcoms = {}
@@ -156,3 +161,70 @@ def test_multi_node_training_two_pods_of_the_indexed_job_meet_at_pod_zero(kube_d
         [client.get_experiment_by_name("nightly-chat-retrain-test").experiment_id],
         f"tags.`airflow.run_id` = '{DAG_RUN_ID}' and tags.`pipeline.stage` = 'train'")
     assert train_run.data.params["train.world_size"] == "2"  # both pods trained; only rank 0 logged
+
+
+@pytest.mark.timeout(1500)
+def test_a_lost_multi_node_job_is_retried_as_a_fresh_job_that_resumes_from_the_mirror(kube_dag, tmp_path,
+                                                                                      monkeypatch):
+    """Both pods of try 1 are killed (-9: the nodes are lost) once a checkpoint is sealed in the S3 mirror. Try 2
+    is a Job of another name on a fresh runs volume (nothing local survives) and resumes from the mirror."""
+    parse, home, data, runs, config = kube_dag
+    for key, value in stack.client_env(home).items():
+        monkeypatch.setenv(key, value)  # this process lists the mirror on the stack's S3
+    config["train"].update(max_steps=400, checkpoint_steps=10, checkpoint_mirror="s3://mlflow/checkpoints")
+    (tmp_path / "retry.yaml").write_text(yaml.safe_dump(config))
+    copy_into_volume(data, "/app/data", {"inputs/retry.yaml": tmp_path / "retry.yaml"})
+    retry_config, port = "/app/data/inputs/retry.yaml", free_ports(1)[0]
+    dag = parse(train_nodes=2, rendezvous_port=port)
+    xcoms = {}
+    for stage in ("ingest", "validate"):
+        code, log, xcom = play(submitted(dag.get_task(stage), run_context(xcoms, retry_config), tmp_path), tmp_path)
+        assert code == 0, log[-4000:]
+        xcoms[stage] = json.loads(xcom)
+
+    first = job_pods(submitted(dag.get_task("train"), run_context(xcoms, retry_config, try_number=1), tmp_path))
+    run_dir = f"nightly_chat_retrain/{re.sub(r'[^A-Za-z0-9._=-]+', '_', DAG_RUN_ID)}"  # storage.run_dir's form
+    mirror = f"s3://mlflow/checkpoints/{run_dir}/train/checkpoints"
+    with host_records(_records(first)):
+        try:
+            start(first, tmp_path)
+            deadline = time.monotonic() + 600
+            while not [k for k in _keys(mirror) if re.search(r"checkpoint-\d+/manifest.json$", k)]:
+                assert time.monotonic() < deadline, "no sealed checkpoint in the mirror"
+                time.sleep(1)
+            for pod in first:
+                podman("kill", "--signal", "KILL", f"{pod['metadata']['name']}-base")
+            assert [code for code, _, _ in collect(first)] == [137, 137]
+        finally:
+            remove(first)
+
+    fresh_runs = new_volume("chat-retrain-runs")
+    try:
+        retry_dag = parse(train_nodes=2, rendezvous_port=port, runs_volume_claim=fresh_runs)
+        job = submitted(retry_dag.get_task("train"), run_context(xcoms, retry_config, try_number=2), tmp_path)
+        assert job["metadata"]["name"] == "job-train-20261122t020000-2"  # not try 1's: no 409 AlreadyExists
+        second = job_pods(job)
+        with host_records(_records(second)):
+            results = play_together(second, tmp_path)
+        for index, (code, log, _) in enumerate(results):
+            assert code == 0, f"node {index} of the retry exited {code}:\n{log[-4000:]}"
+        restored = re.search(r"restored checkpoint-(\d+) from s3://", results[0][1] + results[1][1])
+        assert restored and int(restored.group(1)) >= 10, "the retry did not resume from the mirror"
+        manifest = json.loads(podman("run", "--rm", "-v", f"{fresh_runs}:/app/runs", "--entrypoint", "cat",
+                                     CPU_IMAGE, f"/app/runs/{run_dir}/train/model/manifest.json").stdout)
+        assert manifest["global_step"] == 400
+    finally:
+        remove_volumes(fresh_runs)
+
+
+def _records(pods: list[dict]) -> dict[str, str]:
+    addresses = {pod["metadata"]["name"]: f"127.0.0.{10 + index}" for index, pod in enumerate(pods)}
+    pod_zero = pods[0]["metadata"]["name"]
+    return {**addresses, f"{pod_zero}.chat-retrain-train": addresses[pod_zero]}
+
+
+def _keys(uri: str) -> list[str]:
+    try:
+        return objectstore.keys(uri)
+    except objectstore.ObjectStoreError:
+        return []
