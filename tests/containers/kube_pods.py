@@ -22,15 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
+from kube_objects import built
 from podman_engine import podman
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: x, context: {cluster: c, user: u}}]
-current-context: x
-"""
 DAG_RUN_ID = "scheduled__2026-11-22T02:00:00+00:00"
 
 
@@ -48,13 +42,7 @@ def submitted(task, context: dict, directory: Path) -> dict:
     """The pod (or Job) the operator would submit for this context, as the YAML the API server would get."""
     from kubernetes.client import ApiClient
 
-    task = copy.deepcopy(task)
-    (directory / "kubeconfig").write_text(KUBECONFIG)
-    task.config_file = str(directory / "kubeconfig")  # a cluster that is never contacted: the builders only label
-    task.render_template_fields(context)
-    built = task.build_job_request_obj(context) if hasattr(task, "build_job_request_obj") else \
-        task.build_pod_request_obj(context)
-    return ApiClient().sanitize_for_serialization(built)
+    return ApiClient().sanitize_for_serialization(built(task, context, directory))
 
 
 def create_secret(name: str, values: dict[str, str]) -> None:

@@ -12,11 +12,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
                if line.startswith("version = "))
 CPU_IMAGE = f"localhost/chat-retrain-cpu:{VERSION}"
+INPUTS_CONFIG = "/app/data/inputs/config.yaml"  # the stage config inside the containers (load_tiny_inputs)
 
 
 def podman(*args: str, stdin: bytes | None = None, check: bool = True, timeout: int = 600
@@ -76,3 +78,14 @@ def list_volume(volume: str, mount: str, image: str = CPU_IMAGE) -> dict[str, st
     listing = podman("run", "--rm", "-v", f"{volume}:{mount}", "--entrypoint", "find", image, mount, "-printf",
                      "%P %U\\n").stdout.decode()
     return dict(line.rsplit(" ", 1) for line in listing.splitlines() if line.strip())
+
+
+def load_tiny_inputs(volume: str, directory: Path, tiny_model_dir: Path) -> dict:
+    """configs/tiny.yaml with the tiny model as base model, both put in the data volume under inputs/; its paths
+    (data/, runs/) resolve in /app. Returns the config as written."""
+    config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    config["project"]["base_model"] = "/app/data/inputs/tiny-model"
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    copy_into_volume(volume, "/app/data", {"inputs/config.yaml": directory / "config.yaml",
+                                          "inputs/tiny-model": tiny_model_dir})
+    return config

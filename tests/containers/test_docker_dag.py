@@ -16,9 +16,10 @@ import yaml
 from mlflow import MlflowClient
 from podman_engine import (
     CPU_IMAGE,
+    INPUTS_CONFIG,
     DockerApiSocket,
-    copy_into_volume,
     list_volume,
+    load_tiny_inputs,
     new_volume,
     podman,
     remove_volumes,
@@ -50,17 +51,13 @@ def docker_stack(tmp_path, tiny_model_dir):
     home, ports = tmp_path / "home", free_ports(len(PORT_KEYS))
     home.mkdir()
     try:
-        config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-        config["project"]["base_model"] = "/app/data/inputs/tiny-model"  # relative data/, runs/ resolve in /app
-        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-        copy_into_volume(data, "/app/data", {"inputs/config.yaml": tmp_path / "config.yaml",
-                                             "inputs/tiny-model": tiny_model_dir})
+        load_tiny_inputs(data, tmp_path, tiny_model_dir)
         settings = {"docker": {"docker_url": socket.url, "cpu_image": CPU_IMAGE, "train_image": CPU_IMAGE,
                                "data_volume": data, "runs_volume": runs, "network_mode": "host"}}
         (tmp_path / "runtimes.yaml").write_text(yaml.safe_dump(settings))
         env = {**os.environ, "CHAT_RETRAIN_RUNTIME": "docker",
                "CHAT_RETRAIN_RUNTIME_CONFIG": str(tmp_path / "runtimes.yaml"),
-               "CHAT_RETRAIN_CONFIG": "/app/data/inputs/config.yaml"}
+               "CHAT_RETRAIN_CONFIG": INPUTS_CONFIG}
         started = stack_command("up", "--home", str(home), *port_flags(ports), env=env)
         assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr}"
         yield home, f"http://127.0.0.1:{ports[2]}", settings["docker"]

@@ -36,8 +36,10 @@ from kube_pods import (
 from mlflow import MlflowClient
 from podman_engine import (
     CPU_IMAGE,
+    INPUTS_CONFIG,
     copy_into_volume,
     list_volume,
+    load_tiny_inputs,
     new_volume,
     podman,
     remove_volumes,
@@ -50,7 +52,7 @@ from pipeline import objectstore, stack
 pytestmark = pytest.mark.containers
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "validate", "train", "evaluate", "promote")
-CONFIG = "/app/data/inputs/config.yaml"
+CONFIG = INPUTS_CONFIG
 
 
 @pytest.fixture
@@ -65,11 +67,7 @@ def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
                                 f"stack.s3_port={ports[0]}", "--set", f"stack.mlflow_port={ports[1]}")
         assert started.returncode == 0, started.stdout + started.stderr
         create_secret(secret, stack.client_env(home))
-        config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-        config["project"]["base_model"] = "/app/data/inputs/tiny-model"
-        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-        copy_into_volume(data, "/app/data", {"inputs/config.yaml": tmp_path / "config.yaml",
-                                             "inputs/tiny-model": tiny_model_dir})
+        config = load_tiny_inputs(data, tmp_path, tiny_model_dir)
         settings = {
             "cpu_image": CPU_IMAGE, "train_image": CPU_IMAGE, "gpus_per_node": 0, "secrets": [secret],
             "data_volume_claim": data, "runs_volume_claim": runs, "stage_cpu": "1", "stage_memory": "4Gi",
@@ -98,13 +96,8 @@ def kube_dag(tmp_path, tiny_model_dir, monkeypatch):
 def test_the_dag_s_pods_run_in_order_with_podman_kube_play(kube_dag, tmp_path):
     parse, home, data, runs, _ = kube_dag
     dag = parse()
-    xcoms, pods = {}, {}
-    for stage in STAGES:
-        pods[stage] = submitted(dag.get_task(stage), run_context(xcoms, CONFIG), tmp_path)
-        code, log, xcom = play(pods[stage], tmp_path)
-        assert code == 0, f"{stage} pod exited {code}:\n{log[-4000:]}"
-        assert xcom, f"{stage} left no /airflow/xcom/return.json:\n{log[-2000:]}"
-        xcoms[stage] = json.loads(xcom)
+    xcoms = {}
+    pods = run_in_order(dag, STAGES, xcoms, CONFIG, tmp_path)
 
     # Each pod got the URI its predecessor wrote, through the rendered template, not a copy of the config.
     args = {stage: pod["spec"]["containers"][0]["args"] for stage, pod in pods.items()}
@@ -133,10 +126,7 @@ def test_multi_node_training_two_pods_of_the_indexed_job_meet_at_pod_zero(kube_d
     port = free_ports(1)[0]
     dag = parse(train_nodes=2, rendezvous_port=port)
     xcoms = {}
-    for stage in ("ingest", "validate"):
-        code, log, xcom = play(submitted(dag.get_task(stage), run_context(xcoms, CONFIG), tmp_path), tmp_path)
-        assert code == 0, log[-4000:]
-        xcoms[stage] = json.loads(xcom)
+    run_in_order(dag, ("ingest", "validate"), xcoms, CONFIG, tmp_path)
 
     job = submitted(dag.get_task("train"), run_context(xcoms, CONFIG), tmp_path)
     assert job["kind"] == "Job" and job["metadata"]["name"] == "job-train-20261122t020000-1"
@@ -152,10 +142,7 @@ def test_multi_node_training_two_pods_of_the_indexed_job_meet_at_pod_zero(kube_d
     uris = [json.loads(xcom) for _, _, xcom in results]
     assert uris[0] == uris[1]  # every node reports the run-scoped model; rank 0 wrote it
     xcoms["train"] = uris  # the Job's XCom: one URI per node; evaluate takes the first
-    for stage in ("evaluate", "promote"):
-        code, log, xcom = play(submitted(dag.get_task(stage), run_context(xcoms, CONFIG), tmp_path), tmp_path)
-        assert code == 0, log[-4000:]
-        xcoms[stage] = json.loads(xcom)
+    run_in_order(dag, ("evaluate", "promote"), xcoms, CONFIG, tmp_path)
     client = MlflowClient(stack.client_env(home)["MLFLOW_TRACKING_URI"])
     (train_run,) = client.search_runs(
         [client.get_experiment_by_name("nightly-chat-retrain-test").experiment_id],
@@ -177,10 +164,7 @@ def test_a_lost_multi_node_job_is_retried_as_a_fresh_job_that_resumes_from_the_m
     retry_config, port = "/app/data/inputs/retry.yaml", free_ports(1)[0]
     dag = parse(train_nodes=2, rendezvous_port=port)
     xcoms = {}
-    for stage in ("ingest", "validate"):
-        code, log, xcom = play(submitted(dag.get_task(stage), run_context(xcoms, retry_config), tmp_path), tmp_path)
-        assert code == 0, log[-4000:]
-        xcoms[stage] = json.loads(xcom)
+    run_in_order(dag, ("ingest", "validate"), xcoms, retry_config, tmp_path)
 
     first = job_pods(submitted(dag.get_task("train"), run_context(xcoms, retry_config, try_number=1), tmp_path))
     run_dir = f"nightly_chat_retrain/{re.sub(r'[^A-Za-z0-9._=-]+', '_', DAG_RUN_ID)}"  # storage.run_dir's form
@@ -215,6 +199,18 @@ def test_a_lost_multi_node_job_is_retried_as_a_fresh_job_that_resumes_from_the_m
         assert manifest["global_step"] == 400
     finally:
         remove_volumes(fresh_runs)
+
+
+def run_in_order(dag, stages, xcoms: dict, config: str, directory: Path) -> dict[str, dict]:
+    """Each stage's pod, built with the XComs so far, played to its end; its XCom added. Returns the pods."""
+    pods = {}
+    for stage in stages:
+        pods[stage] = submitted(dag.get_task(stage), run_context(xcoms, config), directory)
+        code, log, xcom = play(pods[stage], directory)
+        assert code == 0, f"{stage} pod exited {code}:\n{log[-4000:]}"
+        assert xcom, f"{stage} left no /airflow/xcom/return.json:\n{log[-2000:]}"
+        xcoms[stage] = json.loads(xcom)
+    return pods
 
 
 def _records(pods: list[dict]) -> dict[str, str]:

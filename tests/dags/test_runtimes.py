@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "dags"))
 
 from chat_retrain import runtimes  # noqa: E402
+from kube_objects import built  # noqa: E402
 
 
 def _dag(monkeypatch, runtime, tmp_path=None, **settings):
@@ -133,15 +134,6 @@ def test_multi_node_training_is_an_indexed_job_with_torchrun(monkeypatch, tmp_pa
     assert tasks["evaluate"].arguments[-1] == '{{ ti.xcom_pull(task_ids="train")[0] }}'  # one URI per node
 
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: x, context: {cluster: c, user: u}}]
-current-context: x
-"""
-
-
 def _context(try_number: int = 1) -> dict:
     ti = SimpleNamespace(try_number=try_number, dag_id="nightly_chat_retrain", task_id="train", map_index=-1,
                          run_id="scheduled__2026-11-22T02:00:00+00:00", xcom_pull=lambda task_ids: "data/x#sha256=0")
@@ -150,25 +142,14 @@ def _context(try_number: int = 1) -> dict:
             "dag_run": SimpleNamespace(run_type="scheduled"), "task_instance": ti, "logical_date": LOGICAL_DATE}
 
 
-def _offline(task, kubeconfig: Path):
-    """A copy of the operator with a kubeconfig for a cluster that is never contacted: its builder makes an API
-    client (to label the pod in- or out-of-cluster) but sends nothing."""
-    task = copy.deepcopy(task)
-    kubeconfig.write_text(KUBECONFIG)
-    task.config_file = str(kubeconfig)
-    return task
-
-
-def _rendered_pod(task, kubeconfig: Path):
+def _rendered_pod(task, directory: Path):
     """The V1Pod KubernetesPodOperator would submit: its templates rendered, then its own builder."""
-    task = _offline(task, kubeconfig)
-    task.render_template_fields(_context())
-    return task.build_pod_request_obj(_context())
+    return built(task, _context(), directory)
 
 
 def test_kubernetes_pods_as_submitted_resources_shm_grace_and_non_root(monkeypatch, tmp_path):
     tasks = {t.task_id: t for t in _dag(monkeypatch, "kubernetes").tasks}
-    train, ingest = _rendered_pod(tasks["train"], tmp_path / "kube"), _rendered_pod(tasks["ingest"], tmp_path / "kube")
+    train, ingest = _rendered_pod(tasks["train"], tmp_path), _rendered_pod(tasks["ingest"], tmp_path)
     train_box, ingest_box = ({c.name: c for c in pod.spec.containers}["base"] for pod in (train, ingest))
     assert train_box.resources.limits == train_box.resources.requests == {"cpu": "32", "memory": "240Gi",
                                                                           "nvidia.com/gpu": "8"}
@@ -192,17 +173,15 @@ def test_kubernetes_pods_as_submitted_resources_shm_grace_and_non_root(monkeypat
     assert train_box.args[train_box.args.index("--dataset") + 1] == "data/x#sha256=0"
 
 
-def _rendered_job(train, try_number: int, kubeconfig: Path):
+def _rendered_job(train, try_number: int, directory: Path):
     """The V1Job the operator would submit for this attempt: its templates rendered, then its own builder."""
-    task = _offline(train, kubeconfig)
-    task.render_template_fields(_context(try_number))
-    return task.build_job_request_obj(_context(try_number))
+    return built(train, _context(try_number), directory)
 
 
 def test_multi_node_job_names_line_up_and_a_retry_gets_a_fresh_job(monkeypatch, tmp_path):
     train = {t.task_id: t for t in _dag(monkeypatch, "kubernetes", tmp_path, train_nodes=2, gpus_per_node=8).tasks}[
         "train"]
-    first, retry = _rendered_job(train, 1, tmp_path / "kube"), _rendered_job(train, 2, tmp_path / "kube")
+    first, retry = _rendered_job(train, 1, tmp_path), _rendered_job(train, 2, tmp_path)
     assert first.metadata.name == "job-train-20261122t020000-1"  # the operator prefixes "job-" to the name we give
     assert retry.metadata.name == "job-train-20261122t020000-2"  # no 409 AlreadyExists on the retry
     spec = first.spec
