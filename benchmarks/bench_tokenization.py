@@ -8,6 +8,8 @@ build_dataset does: reads the table, tokenizes it with pipeline/tokenization.py 
 (from the chat template's layout: each message's segment tokenized without offsets, on the tokenizer's Rust
 threads) and packs the samples into rows of `--max-seq-length` tokens. Its wall time, conversations/s, tokens/s,
 CPU seconds and peak memory (PSS and RSS, sampled every 0.1 s) are measured. `--turns` reuses a table written before.
+The measured process allocates as the stage does (pipeline/allocator.py: tcmalloc where installed; the JSON says
+which); CHAT_RETRAIN_ALLOCATOR=system measures glibc's malloc instead.
 Target (issue 15, item 4): <= 60 s and <= 4 GiB on 2 cores. Writes bench-results/tokenization.json.
 """
 
@@ -133,7 +135,10 @@ def main() -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: run the measured part on this table
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.max_seq_length)))
+        from pipeline import allocator
+
+        allocator.use_tcmalloc()  # as `python -m pipeline train` does
+        print(json.dumps({**measure(args.measure, args.max_seq_length), "allocator": allocator.active()}))
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-tokenization-") as scratch:

@@ -24,6 +24,8 @@ number of conversations per optimizer step and differs only in how it batches an
 Real tokens count the positions that hold a token (not padding) for every variant alike; label_tokens the ones the
 loss trains on. Each variant runs in its own process (so peak RSS is its own): warm-up steps, then timed steps;
 cpu_s is the process CPU time of the timed steps (less sensitive than wall time to other jobs on the machine).
+Every variant's process allocates as the train stage does (pipeline/allocator.py: tcmalloc where installed, the
+JSON says which), so the comparison is like for like; CHAT_RETRAIN_ALLOCATOR=system measures glibc's malloc.
 Targets: packed >= 2.5x the baseline's real tokens/s (issue 4); packed >= 1.5x TRL's real tokens/s at <= 80% of
 its peak RSS (issue 15). Writes bench-results/training.json.
 """
@@ -56,7 +58,10 @@ def main() -> None:
     parser.add_argument("--output", default="bench-results/training.json")
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args)))
+        from pipeline import allocator
+
+        allocator.use_tcmalloc()  # every variant allocates as `python -m pipeline train` does, TRL's too
+        print(json.dumps({**run_variant(args), "allocator": allocator.active()}))
         return
     results = {}
     for variant in args.variants.split(","):

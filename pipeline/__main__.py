@@ -2,6 +2,10 @@
 
 import sys
 
-from pipeline.cli import main
+from pipeline import allocator
+
+allocator.use_tcmalloc()  # before the heavy imports: re-executes this process on tcmalloc where it is installed
+
+from pipeline.cli import main  # noqa: E402
 
 sys.exit(main())

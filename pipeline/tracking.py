@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipeline import mlflow_ui
+from pipeline import allocator, mlflow_ui
 from pipeline.config import ProjectConfig, RunContext
 
 RUN_TAGS = ("airflow.dag_id", "airflow.run_id", "airflow.logical_date", "airflow.run_type")
@@ -94,7 +94,8 @@ def stage_run(project: ProjectConfig, ctx: RunContext, stage: str, enabled: bool
     end_abandoned(parent_id, stage, "KILLED", "a new attempt of the task started")
     with mlflow.start_run(run_id=parent_id):
         with mlflow.start_run(
-            run_name=stage, nested=True, tags={**run_tags(ctx), "pipeline.level": "stage", "pipeline.stage": stage}
+            run_name=stage, nested=True, tags={**run_tags(ctx), "pipeline.level": "stage", "pipeline.stage": stage,
+                                               "pipeline.allocator": allocator.active()}  # speed depends on it
         ) as child:
             try:
                 yield child
