@@ -21,6 +21,8 @@ number of conversations per optimizer step and differs only in how it batches an
                patch it (get_training_chat_template raises), so assistant_only_loss is impossible: each
                conversation is a prompt (system prompt + turns) and a completion (its last assistant reply)
   trl_default  the same with SFTConfig's default gradient_checkpointing=True (TRL's memory-lean setting)
+  packed@glibc, trl@glibc  packed and trl on the C library's malloc: as where tcmalloc is not installed, and TRL
+               as it comes (TRL does not choose an allocator)
 Real tokens count the positions that hold a token (not padding) for every variant alike; label_tokens the ones the
 loss trains on. Each variant runs in its own process (so peak RSS is its own): warm-up steps, then timed steps;
 cpu_s is the process CPU time of the timed steps (less sensitive than wall time to other jobs on the machine).
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -42,8 +45,10 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("baseline", "grouped", "packed", "packed_lean", "packed_checkpointed", "trl", "trl_default")
-OURS = ("packed", "packed_lean", "packed_checkpointed")
+VARIANTS = ("baseline", "grouped", "packed", "packed_lean", "packed_checkpointed", "trl", "trl_default",
+            "packed@glibc", "trl@glibc")
+OURS = ("packed", "packed_lean", "packed_checkpointed", "packed@glibc")
+GLIBC = "@glibc"  # the variant on the C library's malloc (CHAT_RETRAIN_ALLOCATOR=system), as where no tcmalloc is
 SYSTEM_PROMPT = "You are a helpful chatbot."
 
 
@@ -65,8 +70,9 @@ def main() -> None:
         return
     results = {}
     for variant in args.variants.split(","):
+        env = {**os.environ, **({"CHAT_RETRAIN_ALLOCATOR": "system"} if variant.endswith(GLIBC) else {})}
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", variant],
-                               capture_output=True, text=True, check=False)
+                               capture_output=True, text=True, check=False, env=env)
         if child.returncode != 0:
             sys.exit(f"{variant} failed:\n{child.stderr[-3000:]}")
         results[variant] = json.loads(child.stdout.strip().splitlines()[-1])
@@ -90,13 +96,20 @@ def comparisons(results: dict) -> dict:
     """Ours against every other variant that ran: speed-up in real tokens/s, peak RSS as a fraction of theirs."""
     out = {}
     for ours in (v for v in OURS if v in results):
-        for other in (v for v in results if v not in OURS):
+        # like for like: each allocator's variants against the same allocator's others
+        for other in (v for v in results if v not in OURS and v.endswith(GLIBC) == ours.endswith(GLIBC)):
             out[f"speedup_{ours}_vs_{other}"] = round(
                 results[ours]["real_tokens_per_second"] / results[other]["real_tokens_per_second"], 2)
             out[f"peak_rss_{ours}_over_{other}"] = round(results[ours]["peak_rss_mb"] / results[other]["peak_rss_mb"], 2)
-        if "trl" in results:
-            out[f"met_{ours}_1.5x_trl_at_80pct_rss"] = (out[f"speedup_{ours}_vs_trl"] >= 1.5
-                                                       and out[f"peak_rss_{ours}_over_trl"] <= 0.80)
+        trl = "trl" + GLIBC if ours.endswith(GLIBC) else "trl"
+        if trl in results:
+            out[f"met_{ours}_1.5x_trl_at_80pct_rss"] = (out[f"speedup_{ours}_vs_{trl}"] >= 1.5
+                                                       and out[f"peak_rss_{ours}_over_{trl}"] <= 0.80)
+    if "packed" in results and "trl" + GLIBC in results:  # as each comes: the stage's allocator vs TRL on glibc's
+        out["speedup_packed_vs_trl@glibc"] = round(
+            results["packed"]["real_tokens_per_second"] / results["trl" + GLIBC]["real_tokens_per_second"], 2)
+        out["peak_rss_packed_over_trl@glibc"] = round(
+            results["packed"]["peak_rss_mb"] / results["trl" + GLIBC]["peak_rss_mb"], 2)
     if "packed" in results and "baseline" in results:
         out["met_packed_2.5x_baseline"] = out["speedup_packed_vs_baseline"] >= 2.5
     return out
@@ -107,12 +120,16 @@ def readme_row(summary: dict) -> dict:
     return {
         "what": f"full fine-tune of SmolLM2-135M, {summary['conversations_per_step']} conversations/step: packed vs "
                 "padded-to-256 baseline vs TRL 1.16 SFTTrainer (packing, padding-free)",
-        "result": f"{packed['real_tokens_per_second']} real tokens/s = {summary['speedup_packed_vs_baseline']}x "
-                  f"baseline, {summary['speedup_packed_vs_trl']}x TRL; peak RSS {packed['peak_rss_mb']} MB = "
-                  f"{summary['peak_rss_packed_over_trl']} of TRL's" + "".join(
+        "result": f"{packed['allocator']}: {packed['real_tokens_per_second']} real tokens/s = "
+                  f"{summary['speedup_packed_vs_baseline']}x baseline, {summary['speedup_packed_vs_trl']}x TRL; peak "
+                  f"RSS {packed['peak_rss_mb']} MB = {summary['peak_rss_packed_over_trl']} of TRL's" + "".join(
                       f"; {name.replace('_', ' ')}: {summary[f'speedup_{name}_vs_trl']}x TRL at "
                       f"{summary[f'peak_rss_{name}_over_trl']} of its peak RSS"
-                      for name in ("packed_lean", "packed_checkpointed") if f"speedup_{name}_vs_trl" in summary),
+                      for name in ("packed_lean", "packed_checkpointed") if f"speedup_{name}_vs_trl" in summary)
+                  + (f"; both on glibc's malloc: {summary['speedup_packed@glibc_vs_trl@glibc']}x at "
+                     f"{summary['peak_rss_packed@glibc_over_trl@glibc']}; vs TRL on glibc's: "
+                     f"{summary['speedup_packed_vs_trl@glibc']}x at {summary['peak_rss_packed_over_trl@glibc']}"
+                     if "speedup_packed@glibc_vs_trl@glibc" in summary else ""),
         "target": ">= 2.5x baseline; >= 1.5x TRL at <= 0.8 of its peak RSS",
         "met": summary["met_packed_2.5x_baseline"] and summary["met_packed_1.5x_trl_at_80pct_rss"],
     }
@@ -135,11 +152,12 @@ def run_variant(args) -> dict:
     turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")  # the embedded data: chatterbot en + zh
     reference = ProjectConfig().base_model
     tokenizer = models.load_tokenizer(reference)
-    packed = args.variant in (*OURS, "trl", "trl_default")
+    kind = args.variant.removesuffix(GLIBC)  # the allocator is the process's own (main set it for the child)
+    packed = kind in (*OURS, "trl", "trl_default")
     config = train.TrainConfig(max_steps=args.warmup_steps + args.steps, max_seq_length=args.max_seq_length,
-                               packing=args.variant in OURS, batch_size=args.conversations_per_step,
-                               activation_checkpointing=args.variant == "packed_checkpointed",
-                               lean_layers=args.variant == "packed_lean",
+                               packing=kind in OURS, batch_size=args.conversations_per_step,
+                               activation_checkpointing=kind == "packed_checkpointed",
+                               lean_layers=kind == "packed_lean",
                                system_prompt=SYSTEM_PROMPT, logging_steps=10_000, warmup_steps=0, learning_rate=1e-5)
     train_set, stats = train.build_dataset(turns, "train", tokenizer, config)
     if packed:  # same conversations per step: a packed row holds several (TRL packs the same way: best-fit decreasing)
@@ -149,10 +167,10 @@ def run_variant(args) -> dict:
     model = models.load_model(reference)
     output = Path(tempfile.mkdtemp(prefix=f"bench-{args.variant}-"))  # the Trainer's output_dir; nothing is saved
     counter = batching.Collator(tokenizer.pad_token_id)  # counters of the positions the model sees
-    if args.variant == "baseline":
+    if kind == "baseline":
         trainer = baseline_trainer(model, tokenizer, train_set, config, output)
-    elif args.variant.startswith("trl"):
-        trainer = trl_trainer(model, tokenizer, turns, config, output, default_checkpointing=args.variant == "trl_default")
+    elif kind.startswith("trl"):
+        trainer = trl_trainer(model, tokenizer, turns, config, output, default_checkpointing=kind == "trl_default")
     else:
         trainer, _ = train.make_trainer(model, tokenizer, train_set, None, config, output)
         trainer.remove_callback(train.StepMetrics)
@@ -180,7 +198,7 @@ def run_variant(args) -> dict:
         "precision": "bf16" if trainer.args.bf16 else "fp32", "torch_threads": torch.get_num_threads(),
         "chunked_loss": getattr(trainer, "chunked_loss", False),
         "activation_checkpointing": trainer.args.activation_checkpointing,
-        "lean_layers": config.lean_layers and args.variant in OURS,
+        "lean_layers": config.lean_layers and kind in OURS,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
