@@ -10,9 +10,10 @@ whose scores are `anchor_<metric>`. Metric names are `<model>/[anchor_]<metric>[
 the MLflow compare view lines runs up. Per-example replies and similarities are in samples.parquet (held-out) and
 samples_anchor.parquet (columns language, prompt, reference, <model>, <model>_similarity) for promote's bootstrap.
 A model whose exact weights were already scored on the same examples with the same settings (the base model every
-night, the champion once its night as candidate is cached) is not loaded: its replies and perplexity come from the
-generation cache (generation_cache.py; hits and misses on the run's `evaluate.cache.*` tags and in
-evaluation.json), and its metrics are recomputed from them. Prints the directory holding evaluation.json.
+night, the champion once its night as candidate is cached) is not loaded, the champion not even downloaded (its
+digest is on its registry version): its replies and perplexity come from the generation cache (generation_cache.py;
+hits and misses on the run's `evaluate.cache.*` tags and in evaluation.json), and its metrics are recomputed from
+them. Prints the directory holding evaluation.json.
 """
 
 from __future__ import annotations
@@ -143,15 +144,15 @@ def sample_table(examples: list[chat_data.EvalExample]) -> pd.DataFrame:
     })
 
 
-def incumbents(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext) -> tuple[dict[str, str], str | None]:
+def incumbents(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext) -> tuple[dict, str | None]:
     """The models the candidate must be compared with tonight, on the same examples: champion and base."""
     found, champion_version = {}, None
     if config.evaluate_champion:
         tracking.connect(project)
         version = registry.champion(MlflowClient(), project.registered_model)
         if version is not None:
-            destination = storage.run_dir(project, ctx, "evaluate_champion")
-            found["champion"] = str(registry.download_weights(project.registered_model, version.version, destination))
+            # Downloaded only if the generation cache does not hold its replies (evaluate_model).
+            found["champion"] = registry.RegisteredWeights.of(version, storage.run_dir(project, ctx, "evaluate_champion"))
             champion_version = str(version.version)
             mlflow.log_param("evaluate.champion_version", champion_version)
     if config.evaluate_base:
@@ -159,8 +160,10 @@ def incumbents(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext) 
     return found, champion_version
 
 
-def trained_system_prompt(model_dir: str) -> str | None:
-    return json.loads((Path(model_dir) / "train_config.json").read_text()).get("train.system_prompt")
+def trained_system_prompt(model: str | registry.RegisteredWeights) -> str | None:
+    if isinstance(model, registry.RegisteredWeights):
+        return model.train_config().get("train.system_prompt")
+    return json.loads((Path(model) / "train_config.json").read_text()).get("train.system_prompt")
 
 
 def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt, name: str = "model",
@@ -168,7 +171,8 @@ def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_pr
                    cache: generation_cache.GenerationCache | None = None):
     """One model's scores on the held-out examples and, with the weights loaded once, on the anchor examples (keys
     `anchor_*`); plus per-example sample columns (`<name>`: reply, `<name>_similarity`) of each set. Replies and
-    perplexity come from `cache` where it holds them; the weights are loaded only for the sets it does not."""
+    perplexity come from `cache` where it holds them; the weights are loaded only for the sets it does not.
+    `reference`: a path or model reference, or a registry.RegisteredWeights (the champion), downloaded only then."""
     sets = {"held_out": (examples, held_out_dialogues(turns, config))}
     if anchor_examples:
         sets["anchor"] = (anchor_examples, [[*e.history, {"role": "assistant", "content": e.reference}]
@@ -177,7 +181,8 @@ def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_pr
     found = {s: cache.get(keys[s], len(sets[s][0]), name, s) for s in sets} if cache else dict.fromkeys(sets)
     missing = [set_name for set_name, outputs in found.items() if outputs is None]
     if missing:
-        tokenizer, model = models.load_tokenizer(reference), models.load_model(reference, EVAL_DTYPE)
+        path = reference.local_path() if isinstance(reference, registry.RegisteredWeights) else reference
+        tokenizer, model = models.load_tokenizer(path), models.load_model(path, EVAL_DTYPE)
         for set_name in missing:
             label = name if set_name == "held_out" else f"{name} {set_name}"  # progress: which model, which set
             found[set_name] = compute_outputs(model, tokenizer, *sets[set_name], config, system_prompt, label)
@@ -196,7 +201,11 @@ def cache_keys(cache, reference, name: str, sets: dict, config: EvaluateConfig, 
     """The cache key of each set for this model; none without a cache (the weights are then not even hashed)."""
     if cache is None:
         return {}
-    digest = cache.model_digests[name] = generation_cache.weights_digest(reference)
+    if isinstance(reference, registry.RegisteredWeights):
+        digest = reference.recorded_digest or generation_cache.weights_digest(reference.local_path())
+    else:
+        digest = generation_cache.weights_digest(reference)
+    cache.model_digests[name] = digest
     settings = generation_cache.settings(
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, max_seq_length=config.max_seq_length,
         system_prompt=system_prompt, dtype=str(EVAL_DTYPE), device=EVAL_DEVICE,

@@ -104,7 +104,10 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     tags = {**tracking.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
             "data.partition_date": manifest["partition_date"],
             "data.input_digest": result.get("data_input_digest", ""),
-            "config.train": json.dumps(json.loads(train_config), sort_keys=True),
+            registry.TRAIN_CONFIG_TAG: json.dumps(json.loads(train_config), sort_keys=True),
+            # lets evaluate reuse this version's cached replies without downloading it (registry.RegisteredWeights)
+            **({registry.WEIGHTS_DIGEST_TAG: digest} if (digest := result.get("cache", {}).get(
+                "model_digests", {}).get("candidate")) else {}),
             "mlflow.parent_run_id": tracking.active_parent_id(),
             # overall metrics, held-out and anchor (the report's history chart reads metric.anchor_*)
             **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k.removeprefix("anchor_")}}

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +25,9 @@ from pipeline import tracking
 from pipeline.config import ProjectConfig, load_project
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# On each version: the sha256 of its weights (generation_cache.weights_digest of the model evaluate scored) and the
+# train config it was trained with; with both, evaluate finds the version's cached replies without downloading it.
+WEIGHTS_DIGEST_TAG, TRAIN_CONFIG_TAG = "model.weights_sha256", "config.train"
 
 
 class RegistryError(RuntimeError):
@@ -52,6 +57,39 @@ def download_weights(name: str, version, destination: Path) -> Path:
     """Fetch a version's Hugging Face weights (the pyfunc's `model` artifact) to a local directory."""
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination))
     return Path(local) / "artifacts" / "model"
+
+
+@dataclass
+class RegisteredWeights:
+    """A version's weights, downloaded the first time something needs their bytes (a generation cache miss)."""
+
+    name: str
+    version: str
+    tags: dict
+    destination: Path
+    _local: Path | None = None
+
+    @classmethod
+    def of(cls, model_version, destination: Path) -> RegisteredWeights:
+        return cls(model_version.name, str(model_version.version), dict(model_version.tags), destination)
+
+    def __str__(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def recorded_digest(self) -> str | None:
+        """What promote recorded; None for versions registered before it did (their bytes are hashed instead)."""
+        return self.tags.get(WEIGHTS_DIGEST_TAG) or None
+
+    def local_path(self) -> str:
+        if self._local is None:
+            self._local = download_weights(self.name, self.version, self.destination)
+        return str(self._local)
+
+    def train_config(self) -> dict:
+        if TRAIN_CONFIG_TAG in self.tags:
+            return json.loads(self.tags[TRAIN_CONFIG_TAG])
+        return json.loads((Path(self.local_path()) / "train_config.json").read_text())
 
 
 def versions(client: MlflowClient, name: str) -> list:

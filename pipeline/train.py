@@ -34,6 +34,7 @@ from pipeline import (
     losses,
     models,
     partitions,
+    precision,
     storage,
     tokenization,
     tracking,
@@ -63,7 +64,10 @@ class TrainConfig:
         "help": "Pack conversations into rows (no cross-attention); False = length-grouped dynamic padding."})
     drop_replyless: bool = field(default=False, metadata={
         "help": "A conversation whose every reply is cut off by max_seq_length fails the run; True drops it."})
-    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32. bf16 = autocast, fp32 master."})
+    precision: str = field(default="auto", metadata={
+        "help": "auto | bf16 | fp32 | bf16_states. bf16 = autocast, fp32 weights and AdamW moments; bf16_states = bf16 "
+                "weights, gradients and moments, fp32 master weights in the optimizer (precision.py: 0.5 GB less at "
+                "135M parameters, moments rounded to bf16). auto = bf16 where the hardware has it, else fp32."})
     chunked_loss: bool = field(default=True, metadata={
         "help": "Output head + loss in chunks of labelled positions, never the full logits (losses.py): less memory "
                 "and time, same loss. Off under ZeRO-3 (it partitions the head)."})
@@ -94,8 +98,10 @@ class TrainConfig:
     seed: int = field(default=42, metadata={"help": "Seed for data order and initialisation; logged."})
 
     def __post_init__(self):
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        precision.resolve(self.precision)  # refuses an unknown one, naming the choices
+        if self.precision == "bf16_states" and (self.deepspeed or self.lean_layers):
+            raise ValueError("precision bf16_states brings its own optimizer and no autocast: not with deepspeed "
+                             "(use its config's bf16 section) nor lean_layers (an autocast saving)")
         if self.mode not in tuning.MODES:
             raise ValueError(f"mode must be one of {tuning.MODES}, got {self.mode!r}")
         if self.deepspeed is not None:
@@ -162,7 +168,7 @@ def attach_checkpoints(trainer, checkpoint_dir: Path, mirror: str | None):
 def _rank0_log_inputs(config, project, trainer, partition, resume, data_stats: dict) -> None:
     mlflow.log_params({**as_params(config, "train"), "train.base_model": project.base_model,
                        "train.world_size": distributed.world_size(),
-                       "train.resolved_precision": "bf16" if trainer.args.bf16 else "fp32",
+                       "train.resolved_precision": trainer.precision,
                        "train.resolved_chunked_loss": trainer.chunked_loss,
                        "train.resumed_from": resume.name if resume else "none"})
     mlflow.log_metrics({**data_stats, **tuning.parameter_counts(trainer.model)})
@@ -217,7 +223,8 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
     chunked_loss = _add_chunked_loss(model, config)  # before the Trainer: it reads the forward's signature
     if config.lean_layers:
         lean_layers.apply(model)
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and _bf16_supported())
+    resolved = precision.resolve(config.precision)
+    masters = precision.bf16_weights(model) if resolved == "bf16_states" else None
     every = config.checkpoint_steps
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -231,7 +238,7 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
         lr_scheduler_type="linear",
         # Without CUDA say so: accelerate then sets up gloo and counts processes right (it counts 1 under DeepSpeed).
         use_cpu=not torch.cuda.is_available(),
-        bf16=bf16,  # autocast; master weights and optimizer state stay fp32
+        bf16=resolved == "bf16",  # autocast; master weights and optimizer state stay fp32
         activation_checkpointing=config.activation_checkpointing,
         # Packed rows are all ~max_seq_length long; unpacked conversations are grouped by length to cut padding.
         train_sampling_strategy="random" if config.packing else "group_by_length",
@@ -258,8 +265,11 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
     callbacks = [StepMetrics(collator), StepProgress()]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    optimizer = (precision.MasterWeightAdamW, {"masters": masters, "lr": args.learning_rate, "eps": args.adam_epsilon,
+                                               "betas": (args.adam_beta1, args.adam_beta2)}) if masters else None
     trainer = ChatTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                           data_collator=collator, callbacks=callbacks, chunked_loss=chunked_loss,
+                          optimizer_cls_and_kwargs=optimizer, precision=resolved,
                           eval_collator=batching.Collator(tokenizer.pad_token_id, packed=config.packing))
     trainer.remove_callback(transformers.PrinterCallback)  # its raw log dicts: StepProgress prints step/total, loss and ETA
     return trainer, collator
@@ -287,9 +297,9 @@ class ChatTrainer(Trainer):
     """Trainer whose validation batches go through their own collator, so token counts measure training only, and
     whose loss, with chunked_loss, never builds the full logits (losses.py; no compute_metrics needs them)."""
 
-    def __init__(self, *args, eval_collator, chunked_loss: bool, **kwargs):
+    def __init__(self, *args, eval_collator, chunked_loss: bool, precision: str, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_collator, self.chunked_loss = eval_collator, chunked_loss
+        self.eval_collator, self.chunked_loss, self.precision = eval_collator, chunked_loss, precision
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.chunked_loss:
@@ -336,12 +346,3 @@ def save(trainer, tokenizer, config, project, manifest, final: Path, summary: di
         mlflow.log_artifact(config.deepspeed)
     return final
 
-
-def _bf16_supported() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:  # CPUs with AMX or AVX512-BF16 run bf16 autocast ~1.7x faster than fp32 (ENVIRONMENT.md)
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags

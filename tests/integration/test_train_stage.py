@@ -47,9 +47,10 @@ def train_runs(config: Path) -> list:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("deepspeed", [None, "configs/deepspeed/zero2.json"], ids=["trainer", "deepspeed-zero2"])
-def test_train_stage_saves_a_loadable_model(make_config, dataset, deepspeed):
-    config = make_config(train={"max_steps": 6, "logging_steps": 2, "deepspeed": deepspeed})
+@pytest.mark.parametrize("settings", [{}, {"deepspeed": "configs/deepspeed/zero2.json"}, {"precision": "bf16_states"}],
+                         ids=["trainer", "deepspeed-zero2", "bf16-states"])
+def test_train_stage_saves_a_loadable_model(make_config, dataset, settings):
+    config = make_config(train={"max_steps": 6, "logging_steps": 2, **settings})
     model_dir = stage("train", config, "--dataset", str(dataset))
     assert {"model.safetensors", "tokenizer.json", "train_config.json", "manifest.json"} <= {
         p.name for p in model_dir.iterdir()}
@@ -64,6 +65,11 @@ def test_train_stage_saves_a_loadable_model(make_config, dataset, deepspeed):
     (run,) = train_runs(config)
     assert run.data.metrics["train/tokens_per_second"] > 0 and "train/grad_norm" in run.data.metrics
     assert run.data.params["train.resumed_from"] == "none" and run.data.params["train.seed"] == "42"
+    from pipeline import allocator  # the stage command re-executed itself on tcmalloc where it is installed
+
+    assert run.data.tags["pipeline.allocator"] == ("tcmalloc" if allocator.find() else "system")
+    if "precision" in settings:  # bf16 weights, moments and gradients: what was asked is what ran
+        assert run.data.params["train.resolved_precision"] == settings["precision"]
     assert not (model_dir.parent / "checkpoints").exists()
 
 

@@ -46,7 +46,7 @@ def test_wrong_type_is_rejected(tmp_path):
 def test_rule_in_post_init_is_reported(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: {precision: fp8}\n")
-    with pytest.raises(ConfigError, match="precision must be auto, bf16 or fp32"):
+    with pytest.raises(ConfigError, match="precision must be one of auto, bf16, fp32, bf16_states"):
         load_section(path, "train", TrainConfig)
 
 

@@ -214,3 +214,40 @@ def test_a_store_that_fails_is_asked_once_and_the_evaluation_goes_on(s3_server, 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "not asking this store again" in warnings[0]  # the put was not tried
     assert cache.tags()["evaluate.cache.unavailable"] == cache.unavailable
+
+
+def test_a_cached_champion_is_not_downloaded_and_scores_as_on_its_own_night(tmp_path, tiny_model_dir, monkeypatch):
+    """Promote records the candidate's weights digest on its version; the next night finds the champion's replies
+    by it without fetching the weights. A version without the digest is downloaded and hashed: the same entries."""
+    from pipeline import promote, registry
+
+    project = ProjectConfig(runs_root=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                            artifact_root=str(tmp_path / "artifacts"), base_model=str(tiny_model_dir),
+                            registered_model="chat")
+    config = evaluate.EvaluateConfig(max_examples=8, max_new_tokens=6, batch_size=4, min_examples_per_language=None,
+                                     anchor=ANCHOR)
+    data = dataset(tmp_path)
+    first, second = (model_copy(tiny_model_dir, tmp_path / f"m{n}", nudge) for n, nudge in ((1, 0.05), (2, 0.1)))
+    downloads = []
+    real_download = registry.download_weights
+    monkeypatch.setattr(registry, "download_weights", lambda *a: downloads.append(a[1]) or real_download(*a))
+
+    night_one = evaluate.run(config, project, RunContext("2026-11-22", "night-1"), data, first)
+    promote.run(promote.PromoteConfig(max_regression={}), project, RunContext("2026-11-22", "night-1"), str(night_one))
+    client = MlflowClient(project.tracking_uri)
+    (version,) = registry.versions(client, "chat")
+    one = json.loads((night_one / "evaluation.json").read_text())
+    assert version.tags[registry.WEIGHTS_DIGEST_TAG] == one["cache"]["model_digests"]["candidate"]
+    client.set_registered_model_alias("chat", registry.CHAMPION, version.version)  # whatever the gate decided
+
+    two, _, _ = evaluation(evaluate.run(config, project, RunContext("2026-11-23", "night-2"), data, second))
+    assert downloads == []
+    assert two["cache"]["outcomes"]["champion"] == {"held_out": "hit", "anchor": "hit"}
+    assert two["scores"]["champion"] == one["scores"]["candidate"] and two["champion_version"] == version.version
+
+    client.delete_model_version_tag("chat", version.version, registry.WEIGHTS_DIGEST_TAG)  # registered before digests
+    three, _, _ = evaluation(evaluate.run(config, project, RunContext("2026-11-24", "night-3"), data, second))
+    assert downloads == [version.version]
+    assert three["cache"]["model_digests"]["champion"] == one["cache"]["model_digests"]["candidate"]
+    assert three["cache"]["outcomes"]["champion"] == {"held_out": "hit", "anchor": "hit"}
+    assert three["scores"]["champion"] == one["scores"]["candidate"]
