@@ -24,7 +24,7 @@ import mlflow
 import torch
 import transformers
 from datasets import Dataset
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from pipeline import (
     batching,
@@ -40,6 +40,7 @@ from pipeline import (
     tracking,
     tuning,
 )
+from pipeline.chat_trainer import ChatTrainer
 from pipeline.config import ProjectConfig, RunContext, as_params
 from pipeline.train_reporting import StepMetrics, StepProgress
 
@@ -291,27 +292,6 @@ def zero_stage(config: TrainConfig) -> int:
     if config.deepspeed is None:
         return 0
     return json.loads(Path(config.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0)
-
-
-class ChatTrainer(Trainer):
-    """Trainer whose validation batches go through their own collator, so token counts measure training only, and
-    whose loss, with chunked_loss, never builds the full logits (losses.py; no compute_metrics needs them)."""
-
-    def __init__(self, *args, eval_collator, chunked_loss: bool, precision: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_collator, self.chunked_loss, self.precision = eval_collator, chunked_loss, precision
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.chunked_loss:
-            inputs = {**inputs, "chunked_loss": True}
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        train_collator, self.data_collator = self.data_collator, self.eval_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
 
 
 def save(trainer, tokenizer, config, project, manifest, final: Path, summary: dict) -> Path:

@@ -94,6 +94,8 @@ def test_the_scheduled_night_runs_every_stage_in_its_container(docker_stack):
     runs = client.search_runs([client.get_experiment_by_name("nightly-chat-retrain-test").experiment_id],
                               f"tags.`airflow.run_id` = '{dag_run['dag_run_id']}'")
     assert {r.data.tags.get("pipeline.stage") for r in runs} >= set(STAGES)
+    # Every stage ran on the image's tcmalloc (the entrypoint re-executes itself with it preloaded).
+    assert {r.data.tags.get("pipeline.allocator") for r in runs if r.data.tags.get("pipeline.stage")} == {"tcmalloc"}
     champion = client.get_model_version_by_alias("tiny-chat", "champion")
     assert champion.tags["airflow.run_id"] == dag_run["dag_run_id"]
 

@@ -52,3 +52,23 @@ def tiny_trainer(model_dir, config: train.TrainConfig, output):
     trainer, _ = train.make_trainer(models.load_model(str(model_dir)), tokenizer,
                                     Dataset.from_list(batching.pack(samples, 64)), None, config, output)
     return trainer
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e2], ids=["under-the-limit", "over-the-limit"])
+def test_gradient_clipping_gives_torchs_gradients_bitwise(tiny_model_dir, tmp_path, scale):
+    """ChatTrainer skips clip_grad_norm_'s multiply by 1 (a pass over every gradient), and only that."""
+    import torch
+
+    config = train.TrainConfig(max_steps=1, batch_size=2, max_seq_length=64, precision="fp32")
+    trainer = tiny_trainer(tiny_model_dir, config, tmp_path / "out")
+    parameters = list(trainer.model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    for parameter in parameters:
+        parameter.grad = torch.randn(parameter.shape, generator=generator) * scale
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in parameters]
+    for twin, parameter in zip(twins, parameters, strict=True):
+        twin.grad = parameter.grad.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(twins, trainer.args.max_grad_norm)
+    norm = trainer._clip_grad_norm(trainer.model)
+    assert torch.equal(norm, expected_norm) and (expected_norm > trainer.args.max_grad_norm) == (scale > 1)
+    assert all(torch.equal(p.grad, t.grad) for p, t in zip(parameters, twins, strict=True))
