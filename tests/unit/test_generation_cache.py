@@ -233,7 +233,8 @@ def test_a_cached_champion_is_not_downloaded_and_scores_as_on_its_own_night(tmp_
     monkeypatch.setattr(registry, "download_weights", lambda *a: downloads.append(a[1]) or real_download(*a))
 
     night_one = evaluate.run(config, project, RunContext("2026-11-22", "night-1"), data, first)
-    promote.run(promote.PromoteConfig(max_regression={}), project, RunContext("2026-11-22", "night-1"), str(night_one))
+    gate = promote.PromoteConfig(max_regression={}, min_examples=2)  # 8 held-out replies here
+    promote.run(gate, project, RunContext("2026-11-22", "night-1"), str(night_one))
     client = MlflowClient(project.tracking_uri)
     (version,) = registry.versions(client, "chat")
     one = json.loads((night_one / "evaluation.json").read_text())
@@ -243,11 +244,11 @@ def test_a_cached_champion_is_not_downloaded_and_scores_as_on_its_own_night(tmp_
     two, _, _ = evaluation(evaluate.run(config, project, RunContext("2026-11-23", "night-2"), data, second))
     assert downloads == []
     assert two["cache"]["outcomes"]["champion"] == {"held_out": "hit", "anchor": "hit"}
-    assert two["scores"]["champion"] == one["scores"]["candidate"] and two["champion_version"] == version.version
+    assert two["scores"]["champion"] == one["scores"]["candidate"] and two["champion_version"] == str(version.version)
 
     client.delete_model_version_tag("chat", version.version, registry.WEIGHTS_DIGEST_TAG)  # registered before digests
     three, _, _ = evaluation(evaluate.run(config, project, RunContext("2026-11-24", "night-3"), data, second))
-    assert downloads == [version.version]
+    assert downloads == [str(version.version)]
     assert three["cache"]["model_digests"]["champion"] == one["cache"]["model_digests"]["candidate"]
     assert three["cache"]["outcomes"]["champion"] == {"held_out": "hit", "anchor": "hit"}
     assert three["scores"]["champion"] == one["scores"]["candidate"]
