@@ -53,7 +53,8 @@ def tokenization(r):
 def _tokenized_by(r) -> str:
     if "workers" in r:  # files written before the layout path
         return f"{r['workers']} worker processes"
-    return f"one process, Rust threads, {r['rendered']:,} conversations rendered"
+    allocator = f", {r['allocator']} allocator" if "allocator" in r else ""
+    return f"one process, Rust threads, {r['rendered']:,} conversations rendered{allocator}"
 
 
 def generic(r):

@@ -4,11 +4,11 @@
     allocator.active()           # "tcmalloc" or "system": what this process allocates with (benchmarks record it)
 
 Why: glibc's malloc is slow and fragments under what the stages do, many short-lived buffers from several threads
-(the Rust tokenizer's encodings, each training step's activations and gradients). Measured on this 2-core Xeon
-(benchmarks/bench_tokenization.py, bench_training.py, glibc vs tcmalloc): tokenizing 200,000 conversations 16.6 s
--> 11.5 s; a packed training step 1.24 s -> 0.98 s at 3.62 -> 3.27 GB peak RSS. PyTorch's own CPU launcher
-(torch.backends.xeon.run_cpu --enable_tcmalloc) preloads it for the same reason; this does it for every Airflow
-task and container entrypoint, since they all start as `python -m pipeline`.
+(the Rust tokenizer's encodings, each training step's activations and gradients). Measured on a 2-core Xeon
+(benchmarks/bench_tokenization.py, bench_training.py, glibc vs tcmalloc): 1,000,000 conversations tokenized and
+packed in 64.3 s -> 51-54 s; a packed training step 1.23 s -> 0.90 s at 3.68 -> 3.34 GB peak RSS. PyTorch's
+own CPU launcher (torch.backends.xeon.run_cpu --enable_tcmalloc) preloads it for the same reason; this does it for
+every Airflow task and container entrypoint, since they all start as `python -m pipeline`.
 
 An allocator can only be chosen before the process starts, hence the re-exec (same pid, same arguments). Without
 the library, or off Linux, or with CHAT_RETRAIN_ALLOCATOR=system, nothing changes.
