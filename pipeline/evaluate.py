@@ -160,6 +160,11 @@ def incumbents(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext) 
     return found, champion_version
 
 
+def local_weights(reference: str | registry.RegisteredWeights) -> str:
+    """A path or reference the loaders take; a registry version is downloaded here, the first time it is needed."""
+    return reference.local_path() if isinstance(reference, registry.RegisteredWeights) else reference
+
+
 def trained_system_prompt(model: str | registry.RegisteredWeights) -> str | None:
     if isinstance(model, registry.RegisteredWeights):
         return model.train_config().get("train.system_prompt")
@@ -181,7 +186,7 @@ def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_pr
     found = {s: cache.get(keys[s], len(sets[s][0]), name, s) for s in sets} if cache else dict.fromkeys(sets)
     missing = [set_name for set_name, outputs in found.items() if outputs is None]
     if missing:
-        path = reference.local_path() if isinstance(reference, registry.RegisteredWeights) else reference
+        path = local_weights(reference)
         tokenizer, model = models.load_tokenizer(path), models.load_model(path, EVAL_DTYPE)
         for set_name in missing:
             label = name if set_name == "held_out" else f"{name} {set_name}"  # progress: which model, which set
@@ -201,11 +206,8 @@ def cache_keys(cache, reference, name: str, sets: dict, config: EvaluateConfig, 
     """The cache key of each set for this model; none without a cache (the weights are then not even hashed)."""
     if cache is None:
         return {}
-    if isinstance(reference, registry.RegisteredWeights):
-        digest = reference.recorded_digest or generation_cache.weights_digest(reference.local_path())
-    else:
-        digest = generation_cache.weights_digest(reference)
-    cache.model_digests[name] = digest
+    recorded = reference.recorded_digest if isinstance(reference, registry.RegisteredWeights) else None
+    digest = cache.model_digests[name] = recorded or generation_cache.weights_digest(local_weights(reference))
     settings = generation_cache.settings(
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, max_seq_length=config.max_seq_length,
         system_prompt=system_prompt, dtype=str(EVAL_DTYPE), device=EVAL_DEVICE,

@@ -2,8 +2,7 @@
 fp32 master weights.
 
     resolve("auto")                                   # "bf16" where the hardware has it, else "fp32"
-    masters = bf16_weights(model)                     # bf16_states: the model to bf16, its fp32 weights kept
-    Trainer(..., optimizer_cls_and_kwargs=(MasterWeightAdamW, {"masters": masters, "lr": ...}))
+    Trainer(..., optimizer_cls_and_kwargs=master_weight_optimizer(model, args))   # bf16_states: model cast to bf16
 
 - `bf16` (autocast): fp32 weights, gradients and AdamW moments (2.16 GB at 135M parameters) plus a bf16 copy of
   every weight made each forward and kept for the backward (0.27 GB, and ~19% of a CPU step's time in casts).
@@ -51,6 +50,13 @@ def bf16_weights(model: torch.nn.Module) -> dict[torch.nn.Parameter, torch.Tenso
             masters[parameter] = parameter.data
             parameter.data = parameter.data.to(torch.bfloat16)
     return masters
+
+
+def master_weight_optimizer(model: torch.nn.Module, args) -> tuple[type, dict]:
+    """bf16_states: the model cast to bf16 now, and the Trainer's optimizer (class, kwargs) holding its fp32 masters,
+    with the TrainingArguments' AdamW settings."""
+    return MasterWeightAdamW, {"masters": bf16_weights(model), "lr": args.learning_rate, "eps": args.adam_epsilon,
+                               "betas": (args.adam_beta1, args.adam_beta2)}
 
 
 class MasterWeightAdamW(torch.optim.AdamW):

@@ -156,7 +156,6 @@ def to_dataset(tokenized: TokenizedSplit, row_length: int | None, consume: bool 
         learned = _reorder(tokenized.learned.view(np.uint8), starts, order).view(bool)
         if consume:
             tokenized.input_ids = tokenized.learned = None
-            memory.release_freed()
         labels = _labels(input_ids, learned)
         del learned
         labels[_starts(lengths)] = IGNORE_INDEX  # a conversation's first token is not predicted from its row neighbour

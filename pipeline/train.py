@@ -225,7 +225,6 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
     if config.lean_layers:
         lean_layers.apply(model)
     resolved = precision.resolve(config.precision)
-    masters = precision.bf16_weights(model) if resolved == "bf16_states" else None
     every = config.checkpoint_steps
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -266,8 +265,7 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
     callbacks = [StepMetrics(collator), StepProgress()]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    optimizer = (precision.MasterWeightAdamW, {"masters": masters, "lr": args.learning_rate, "eps": args.adam_epsilon,
-                                               "betas": (args.adam_beta1, args.adam_beta2)}) if masters else None
+    optimizer = precision.master_weight_optimizer(model, args) if resolved == "bf16_states" else None
     trainer = ChatTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                           data_collator=collator, callbacks=callbacks, chunked_loss=chunked_loss,
                           optimizer_cls_and_kwargs=optimizer, precision=resolved,
