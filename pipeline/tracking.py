@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline import allocator, mlflow_ui
@@ -142,11 +144,14 @@ def log_to_parent(metrics: dict[str, float] | None = None, tags: dict[str, str] 
     parent_id = active_parent_id()
     if parent_id is None:
         return
-    client = MlflowClient()
-    for key, value in (metrics or {}).items():
-        client.log_metric(parent_id, key, value)
-    for key, value in (tags or {}).items():
-        client.set_tag(parent_id, key, value)
+    # Batched: evaluate's 126 metrics took 0.9 s as one request each. MLflow takes <= 1000 metrics, 100 tags a batch.
+    now, client = int(time.time() * 1000), MlflowClient()
+    metric_list = [Metric(key, value, now, 0) for key, value in (metrics or {}).items()]
+    tag_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    for start in range(0, len(metric_list), 1000):
+        client.log_batch(parent_id, metrics=metric_list[start : start + 1000])
+    for start in range(0, len(tag_list), 100):
+        client.log_batch(parent_id, tags=tag_list[start : start + 100])
 
 
 def log_artifact_to_parent(path: Path) -> None:

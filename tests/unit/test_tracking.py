@@ -120,3 +120,18 @@ def test_a_killed_attempt_is_ended_not_left_running(tmp_path, monkeypatch, callb
         "KILLED", "a new attempt of the task started")
     assert stage_runs() == [killed, ("FINISHED", None)]
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_the_parent_gets_every_value_past_one_mlflow_batch(tmp_path, monkeypatch):
+    from pipeline.config import RunContext
+
+    # log_to_parent sends MLflow batches (<= 1000 metrics, <= 100 tags each): nothing past a batch may be dropped.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config, ctx = project(tmp_path), RunContext("2026-11-22", "night-1", "dag", "scheduled")
+    metrics = {f"m{i}": float(i) for i in range(1001)}
+    tags = {f"t{i}": f"v{i}" for i in range(101)}
+    with tracking.stage_run(config, ctx, "evaluate"):
+        tracking.log_to_parent(metrics, tags)
+    parent = MlflowClient(tracking_uri=config.tracking_uri).get_run(tracking.parent_run_id(config, ctx))
+    assert parent.data.metrics == metrics
+    assert {k: v for k, v in parent.data.tags.items() if k.startswith("t")} == tags
