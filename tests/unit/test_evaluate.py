@@ -32,6 +32,9 @@ def test_perplexity_matches_the_models_own_loss(tiny_model_dir):
         nll, count = nll + loss * tokens, count + tokens
     assert ours == pytest.approx(math.exp(nll / count), rel=1e-4)
     assert 1 < ours < 2 * len(tokenizer)  # an untrained model is about as unsure as the vocabulary is large
+    # A model whose head is more than a projection gets its full forward: the same number here (Llama ignores it)
+    model.config.final_logit_softcapping = 30.0
+    assert evaluate.reference_perplexity(model, tokenizer, turns, config, None) == pytest.approx(ours, rel=1e-5)
 
 
 def _dataset(tmp_path, splits):
