@@ -269,7 +269,7 @@ def dialogue_perplexity(model, tokenizer, dialogues: list[list[dict]], config: E
 def reply_logits(model, input_ids, attention_mask, scored) -> torch.Tensor:
     """The logits predicting each scored position ([n, vocabulary]): the decoder's hidden states there through the
     output head. Models whose head is more than a projection (logit soft-capping) get their full forward."""
-    if getattr(model.config, "final_logit_softcapping", None) or not hasattr(model, "get_decoder"):
+    if getattr(model.config, "final_logit_softcapping", None):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][scored]
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return model.get_output_embeddings()(hidden[:, :-1][scored])
