@@ -26,7 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def prepare(directory: Path, max_seq_length: int) -> None:
@@ -54,7 +53,7 @@ def run(directory: Path, args) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline import batching, chat_data
+    from pipeline import batching, chat_data, throughput
 
     features = [{**f, "conversation_ids": [str(i)]}
                 for i, f in enumerate(json.loads((directory / "features.json").read_text()))]
@@ -65,14 +64,14 @@ def run(directory: Path, args) -> dict:
     cuda = torch.cuda.is_available()  # CPU only to smoke-test this script; the figures are from a GPU
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    peak = throughput.peak_flops(name)
     results = {"device": name, "torch": torch.__version__, "max_seq_length": args.max_seq_length,
                "conversations_per_step": args.conversations_per_step}
     for variant in args.variants:
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).to(device)
         params = sum(p.numel() for p in model.parameters())
-        flops_per_token = 6 * params + 12 * config.num_hidden_layers * config.hidden_size * args.max_seq_length
+        flops_per_token = throughput.training_flops_per_token(model, args.max_seq_length)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
         rng = random.Random(0)
         order = list(range(len(features)))
@@ -116,7 +115,7 @@ def run(directory: Path, args) -> dict:
             "padding_waste": round(1 - sum(real) / sum(positions), 4),
             "rows_per_step": int(batches[0]["input_ids"].shape[0]), "final_loss": round(loss.item(), 3),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-            "mfu": round(flops_per_token * rate / peak, 4) if peak else None,
+            "mfu": round(throughput.mfu(rate, flops_per_token, peak, 1), 4) if peak else None,
             "model_tflops_per_second": round(flops_per_token * rate / 1e12, 1),
         }
         results["parameters"] = params

@@ -9,6 +9,9 @@ attends to its neighbours in the row. tests/unit/test_batching.py checks packed 
 from __future__ import annotations
 
 import bisect
+import heapq
+
+import numpy as np
 
 import torch
 
@@ -20,7 +23,9 @@ class EmptyLabelsError(ValueError):
 
 
 def pack(samples: list[dict], row_length: int) -> list[dict]:
-    """Group samples into rows of at most `row_length` tokens; deterministic for a given input order."""
+    """Group samples into rows of at most `row_length` tokens; deterministic for a given input order.
+
+    The reference: pack_rows gives the same rows as indices at scale (tokenization.to_dataset packs with it)."""
     order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["input_ids"]))  # stable: ties keep order
     free: list[tuple[int, int]] = []  # (tokens still free, row index), sorted: best fit = first that is big enough
     rows: list[list[int]] = []
@@ -38,6 +43,34 @@ def pack(samples: list[dict], row_length: int) -> list[dict]:
         if room - size > 0:
             bisect.insort(free, (room - size, row))
     return [_concatenate([samples[i] for i in row]) for row in rows]
+
+
+def pack_rows(lengths: np.ndarray, row_length: int) -> list[list[int]]:
+    """pack's rows (best-fit decreasing, same ties) as sample indices, in O(log) per sample: open rows are
+    kept per free room, so the best fit is a bisect over at most `row_length` distinct rooms, not over every row."""
+    rooms: list[int] = []  # sorted free rooms that some open row has
+    rows_by_room: dict[int, list[int]] = {}  # room -> heap of row indices (lowest row first, as pack)
+    rows: list[list[int]] = []
+    for index in np.argsort(-np.asarray(lengths), kind="stable").tolist():
+        size = int(lengths[index])
+        if size > row_length:
+            raise ValueError(f"sample {index} has {size} tokens > row {row_length}")
+        slot = bisect.bisect_left(rooms, size)
+        if slot < len(rooms):
+            room = rooms[slot]
+            row = heapq.heappop(rows_by_room[room])
+            if not rows_by_room[room]:
+                del rows_by_room[room], rooms[slot]
+        else:
+            room, row = row_length, len(rows)
+            rows.append([])
+        rows[row].append(index)
+        if room - size > 0:
+            if room - size not in rows_by_room:
+                rows_by_room[room - size] = []
+                bisect.insort(rooms, room - size)
+            heapq.heappush(rows_by_room[room - size], row)
+    return rows
 
 
 def _concatenate(samples: list[dict]) -> dict:

@@ -12,6 +12,10 @@ fp32 master weights.
   This changes the numerics: the moments are rounded to bf16 (8 significant bits) each step, as in PyTorch
   Lightning's "bf16-true" or DeepSpeed's bf16 optimizer with bf16 states; an update itself is exact to bf16's
   precision before it reaches the fp32 master. The saved model is the bf16 weights.
+  Hence opt-in, for short runs: a second moment in bf16 cannot shrink by AdamW's beta2 = 0.999 per step (a 0.1%
+  change rounds back to the same bf16 value), so once gradients get smaller it stays at their old size and steps
+  shrink. Measured with torch's fused AdamW on N(0, 1) gradients that drop to N(0, 0.3^2) at step 1000: bias-
+  corrected v in bf16 / in fp32 = 1.003 at step 200, 1.06 at 1000, 2.3 at 2000 (steps ~1.5x too small).
 """
 
 from __future__ import annotations

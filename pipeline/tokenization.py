@@ -23,8 +23,6 @@ conversations are ~120 M tokens (benchmarks/bench_tokenization.py).
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import logging
 import os
 import uuid
@@ -40,7 +38,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from pipeline import memory
+from pipeline import batching, memory
 from pipeline.chat_data import IGNORE_INDEX
 from pipeline.chat_layout import ChatLayout
 from pipeline.layout_tokens import Blocks, LayoutEncoder, Segmented
@@ -146,7 +144,7 @@ def to_dataset(tokenized: TokenizedSplit, row_length: int | None, consume: bool 
     (tokenized.input_ids / .learned become None; lengths, ids and counts stay), 0.6 GB less at that peak."""
     if tokenized.tokens >= 2**31:
         raise ValueError(f"{tokenized.tokens} tokens: more than int32 offsets hold; tokenize the split in parts")
-    rows = pack_rows(tokenized.lengths, row_length) if row_length else [[i] for i in range(len(tokenized.lengths))]
+    rows = batching.pack_rows(tokenized.lengths, row_length) if row_length else [[i] for i in range(len(tokenized.lengths))]
     order = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(tokenized.lengths))
     if row_length is None:
         columns = {"input_ids": tokenized.input_ids, "labels": _labels(tokenized.input_ids, tokenized.learned)}
@@ -170,32 +168,6 @@ def to_dataset(tokenized: TokenizedSplit, row_length: int | None, consume: bool 
     return Dataset(pa.table(table), fingerprint=uuid.uuid4().hex)
 
 
-def pack_rows(lengths: np.ndarray, row_length: int) -> list[list[int]]:
-    """batching.pack's rows (best-fit decreasing, same ties) as sample indices, in O(log) per sample: open rows are
-    kept per free room, so the best fit is a bisect over at most `row_length` distinct rooms, not over every row."""
-    rooms: list[int] = []  # sorted free rooms that some open row has
-    rows_by_room: dict[int, list[int]] = {}  # room -> heap of row indices (lowest row first, as batching.pack)
-    rows: list[list[int]] = []
-    for index in np.argsort(-np.asarray(lengths), kind="stable").tolist():
-        size = int(lengths[index])
-        if size > row_length:
-            raise ValueError(f"sample {index} has {size} tokens > row {row_length}")
-        slot = bisect.bisect_left(rooms, size)
-        if slot < len(rooms):
-            room = rooms[slot]
-            row = heapq.heappop(rows_by_room[room])
-            if not rows_by_room[room]:
-                del rows_by_room[room], rooms[slot]
-        else:
-            room, row = row_length, len(rows)
-            rows.append([])
-        rows[row].append(index)
-        if room - size > 0:
-            if room - size not in rows_by_room:
-                rows_by_room[room - size] = []
-                bisect.insort(rooms, room - size)
-            heapq.heappush(rows_by_room[room - size], row)
-    return rows
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from pipeline import (
     partitions,
     precision,
     storage,
+    throughput,
     tokenization,
     tracking,
     tuning,
@@ -68,14 +69,15 @@ class TrainConfig:
     precision: str = field(default="auto", metadata={
         "help": "auto | bf16 | fp32 | bf16_states. bf16 = autocast, fp32 weights and AdamW moments; bf16_states = bf16 "
                 "weights, gradients and moments, fp32 master weights in the optimizer (precision.py: 0.5 GB less at "
-                "135M parameters, moments rounded to bf16). auto = bf16 where the hardware has it, else fp32."})
+                "135M parameters, moments rounded to bf16, which stop them decaying: for runs of a few hundred steps). "
+                "auto = bf16 where the hardware has it, else fp32."})
     chunked_loss: bool = field(default=True, metadata={
         "help": "Output head + loss in chunks of labelled positions, never the full logits (losses.py): less memory "
                 "and time, same loss. Off under ZeRO-3 (it partitions the head)."})
     lean_layers: bool = field(default=False, metadata={
         "help": "bf16 autocast: Linear layers keep their fp32 weights, not bf16 copies, for the backward and RMSNorms "
                 "only their input (lean_layers.py): 0.28 GB less at 135M parameters, bitwise the same gradients, "
-                "~7% slower on a 2-core CPU (the weights are cast again in the backward)."})
+                "7-9% slower on a 2-core CPU (the weights are cast again in the backward)."})
     activation_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute each layer's activations in the backward: ~1/3 more compute, far less activation memory."})
     mode: str = field(default="full", metadata={"help": "full | lora | freeze (all but trainable_top_layers)."})
@@ -94,7 +96,10 @@ class TrainConfig:
     early_stopping_patience: int | None = field(default=None, metadata={
         "help": "Stop after N checkpoints without a better validation loss; needs checkpoint_steps."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoints after a successful run."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss / lr / grad norm / tokens/s every N steps."})
+    logging_steps: int = field(default=10, metadata={
+        "help": "Log loss / lr / grad norm / tokens/s / model TFLOP/s / MFU / peak memory every N steps."})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "One device's peak bf16 TFLOP/s, for train/mfu; None: known for H100, H200, A100 (throughput.py)."})
     max_eval_conversations: int = field(default=200, metadata={"help": "Validation conversations for val loss."})
     seed: int = field(default=42, metadata={"help": "Seed for data order and initialisation; logged."})
 
@@ -103,6 +108,8 @@ class TrainConfig:
         if self.precision == "bf16_states" and (self.deepspeed or self.lean_layers):
             raise ValueError("precision bf16_states brings its own optimizer and no autocast: not with deepspeed "
                              "(use its config's bf16 section) nor lean_layers (an autocast saving)")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"peak_tflops must be a positive number of TFLOP/s, got {self.peak_tflops!r}")
         if self.mode not in tuning.MODES:
             raise ValueError(f"mode must be one of {tuning.MODES}, got {self.mode!r}")
         if self.deepspeed is not None:
@@ -262,7 +269,9 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
         remove_unused_columns=False,  # the collator needs conversation_ids for its error messages
     )
     collator = batching.Collator(tokenizer.pad_token_id, packed=config.packing)
-    callbacks = [StepMetrics(collator), StepProgress()]
+    peak = config.peak_tflops * 1e12 if config.peak_tflops else throughput.peak_flops(throughput.device_name())
+    flops = throughput.training_flops_per_token(model, config.max_seq_length)
+    callbacks = [StepMetrics(collator, flops, peak), StepProgress()]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     optimizer = precision.master_weight_optimizer(model, args) if resolved == "bf16_states" else None

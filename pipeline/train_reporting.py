@@ -1,21 +1,25 @@
-"""Training reports: real tokens/s, padding waste and the Trainer's logs to MLflow; step / total, loss and ETA to
-the console. Callbacks of the train stage's Trainer (pipeline/train.py), rank 0 only."""
+"""Training reports: real tokens/s, model TFLOP/s and MFU, peak memory, padding waste and the Trainer's logs to
+MLflow; step / total, loss and ETA to the console. Callbacks of the train stage's Trainer (pipeline/train.py),
+rank 0 only."""
 
 from __future__ import annotations
 
+import resource
 import time
 
 import mlflow
+import torch
 from transformers import TrainerCallback
 
-from pipeline import batching, progress
+from pipeline import batching, progress, throughput
 
 
 class StepMetrics(TrainerCallback):
-    """Send Trainer logs (loss, learning rate, grad norm, val loss) plus real tokens/s and padding waste to MLflow."""
+    """Send Trainer logs (loss, learning rate, grad norm, val loss) to MLflow, with real tokens/s, the model TFLOP/s
+    they take (pipeline/throughput.py), MFU where the device's peak is known, peak memory and padding waste."""
 
-    def __init__(self, collator: batching.Collator):
-        self.collator = collator
+    def __init__(self, collator: batching.Collator, flops_per_token: float, peak_flops: float | None):
+        self.collator, self.flops_per_token, self.peak_flops = collator, flops_per_token, peak_flops
         self.last = None  # (time, real tokens) at the previous log
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -29,12 +33,24 @@ class StepMetrics(TrainerCallback):
         if self.last is not None and now > self.last[0] and tokens > self.last[1]:
             # Non-pad tokens; every rank sees batches of the same shape, so the world rate is rank 0's x world size.
             rate = (tokens - self.last[1]) / (now - self.last[0]) * args.world_size
-            metrics.update({"train/tokens_per_second": rate, "train/padding_waste": self.collator.padding_waste})
+            metrics.update({"train/tokens_per_second": rate, "train/padding_waste": self.collator.padding_waste,
+                            "train/model_tflops_per_second": rate * self.flops_per_token / 1e12,
+                            **peak_memory()})
+            if self.peak_flops:
+                metrics["train/mfu"] = throughput.mfu(rate, self.flops_per_token, self.peak_flops, args.world_size)
         self.last = (now, tokens)
         mlflow.log_metrics(metrics, step=state.global_step)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last = (time.perf_counter(), self.collator.real_tokens)
+
+
+def peak_memory() -> dict[str, float]:
+    """This rank's peaks so far: the process's resident memory, and the GPU memory torch allocated where it has one."""
+    peaks = {"train/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}  # Linux: KiB
+    if torch.cuda.is_available():
+        peaks["train/peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return peaks
 
 
 class StepProgress(TrainerCallback):

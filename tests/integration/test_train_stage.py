@@ -47,8 +47,8 @@ def train_runs(config: Path) -> list:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("settings", [{}, {"deepspeed": "configs/deepspeed/zero2.json"}, {"precision": "bf16_states"}],
-                         ids=["trainer", "deepspeed-zero2", "bf16-states"])
+@pytest.mark.parametrize("settings", [{"peak_tflops": 2.0}, {"deepspeed": "configs/deepspeed/zero2.json"},
+                                      {"precision": "bf16_states"}], ids=["trainer", "deepspeed-zero2", "bf16-states"])
 def test_train_stage_saves_a_loadable_model(make_config, dataset, settings):
     config = make_config(train={"max_steps": 6, "logging_steps": 2, **settings})
     model_dir = stage("train", config, "--dataset", str(dataset))
@@ -63,7 +63,18 @@ def test_train_stage_saves_a_loadable_model(make_config, dataset, settings):
     assert model.generation_config.eos_token_id == models.end_of_turn_id(models.load_tokenizer(str(model_dir)))
     assert model.config.use_cache  # off while training, back on for generation
     (run,) = train_runs(config)
-    assert run.data.metrics["train/tokens_per_second"] > 0 and "train/grad_norm" in run.data.metrics
+    metrics = run.data.metrics
+    assert metrics["train/tokens_per_second"] > 0 and "train/grad_norm" in metrics
+    from pipeline import throughput  # MFU as on a GPU, from the same code: FLOPs per token x tokens/s over the peak
+
+    flops = throughput.training_flops_per_token(model, json.loads((model_dir / "train_config.json").read_text())[
+        "train.max_seq_length"])
+    assert metrics["train/model_tflops_per_second"] == pytest.approx(metrics["train/tokens_per_second"] * flops / 1e12)
+    if "peak_tflops" in settings:  # a CPU has no peak in the table: MFU only where one is configured
+        assert metrics["train/mfu"] == pytest.approx(metrics["train/model_tflops_per_second"] / settings["peak_tflops"])
+    else:
+        assert "train/mfu" not in metrics
+    assert 0.3 < metrics["train/peak_rss_gb"] < 64  # the process holds the model and its optimizer state
     assert run.data.params["train.resumed_from"] == "none" and run.data.params["train.seed"] == "42"
     from pipeline import allocator  # the stage command re-executed itself on tcmalloc where it is installed
 

@@ -203,8 +203,8 @@ def test_rows_are_batching_pack_rows_whatever_the_labels():
         [f"c{n}" for n in range(len(lengths))], np.array(lengths), np.array(sum(ids, []), dtype=np.int32),
         np.array(sum(learned, [])), replyless=[])
     expected = batching.pack(samples, 64)
-    assert tokenization.pack_rows(np.array(lengths), 64) == [[int(c[1:]) for c in r["conversation_ids"]] for r in expected]
+    assert batching.pack_rows(np.array(lengths), 64) == [[int(c[1:]) for c in r["conversation_ids"]] for r in expected]
     assert tokenization.to_dataset(tokenized, 64).to_list() == expected
     assert tokenization.to_dataset(tokenized, None).to_list() == samples
     with pytest.raises(ValueError, match="65 tokens > row 64"):
-        tokenization.pack_rows([65], 64)
+        batching.pack_rows([65], 64)
