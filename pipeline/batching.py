@@ -12,7 +12,6 @@ import bisect
 import heapq
 
 import numpy as np
-
 import torch
 
 from pipeline.chat_data import IGNORE_INDEX

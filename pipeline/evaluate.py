@@ -50,7 +50,9 @@ from pipeline import (
 from pipeline.config import ProjectConfig, RunContext, as_params
 
 log = logging.getLogger(__name__)
-EVAL_DTYPE, EVAL_DEVICE = torch.float32, "cpu"  # fp32: batched greedy then matches one-at-a-time decoding
+# fp32: batched greedy then matches one-at-a-time decoding. The device is part of the generation cache's key: a
+# GPU's kernels round differently, so its replies are not reused for a CPU's, nor the other way round.
+EVAL_DTYPE, EVAL_DEVICE = torch.float32, "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_pr
     missing = [set_name for set_name, outputs in found.items() if outputs is None]
     if missing:
         path = local_weights(reference)
-        tokenizer, model = models.load_tokenizer(path), models.load_model(path, EVAL_DTYPE)
+        tokenizer, model = models.load_tokenizer(path), models.load_model(path, EVAL_DTYPE).to(EVAL_DEVICE)
         for set_name in missing:
             label = name if set_name == "held_out" else f"{name} {set_name}"  # progress: which model, which set
             found[set_name] = compute_outputs(model, tokenizer, *sets[set_name], config, system_prompt, label)
@@ -257,7 +259,8 @@ def dialogue_perplexity(model, tokenizer, dialogues: list[list[dict]], config: E
     encoded = sorted((e for e in encoded if e is not None), key=lambda e: len(e["input_ids"]))
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(encoded), config.batch_size):
-        batch = chat_data.pad_batch(encoded[start : start + config.batch_size], tokenizer.pad_token_id)
+        batch = {name: values.to(model.device) for name, values in
+                 chat_data.pad_batch(encoded[start : start + config.batch_size], tokenizer.pad_token_id).items()}
         labels = batch["labels"][:, 1:]
         scored = labels != chat_data.IGNORE_INDEX
         logits = reply_logits(model, batch["input_ids"], batch["attention_mask"], scored)

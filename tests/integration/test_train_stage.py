@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from pipeline import throughput
 from pipeline.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,8 +66,7 @@ def test_train_stage_saves_a_loadable_model(make_config, dataset, settings):
     (run,) = train_runs(config)
     metrics = run.data.metrics
     assert metrics["train/tokens_per_second"] > 0 and "train/grad_norm" in metrics
-    from pipeline import throughput  # MFU as on a GPU, from the same code: FLOPs per token x tokens/s over the peak
-
+    # MFU as on a GPU, from the same code: FLOPs per token x tokens/s over the peak
     flops = throughput.training_flops_per_token(model, json.loads((model_dir / "train_config.json").read_text())[
         "train.max_seq_length"])
     assert metrics["train/model_tflops_per_second"] == pytest.approx(metrics["train/tokens_per_second"] * flops / 1e12)

@@ -24,6 +24,8 @@ def test_batched_equals_one_at_a_time(tiny_model_dir):
 class ScriptedModel:
     """Stands in for a causal LM: `generate` appends fixed tokens and records how it was called."""
 
+    device = torch.device("cpu")  # where generate_replies puts each batch, as on a PreTrainedModel
+
     def __init__(self, new_tokens: list[int]):
         self.new_tokens, self.calls = new_tokens, []
 
@@ -31,6 +33,7 @@ class ScriptedModel:
         return self
 
     def generate(self, input_ids, **kwargs):
+        assert input_ids.device == self.device and kwargs["attention_mask"].device == self.device
         self.calls.append(kwargs)
         return torch.cat([input_ids, torch.tensor([self.new_tokens] * len(input_ids))], dim=1)
 
