@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-
 def prepare(directory: Path, max_seq_length: int) -> None:
     from pipeline import chat_data, ingest, models
     from pipeline.config import ProjectConfig
@@ -63,7 +62,7 @@ def run(directory: Path, args) -> dict:
     config.use_cache = False
     cuda = torch.cuda.is_available()  # CPU only to smoke-test this script; the figures are from a GPU
     device = torch.device("cuda" if cuda else "cpu")
-    name = torch.cuda.get_device_name() if cuda else "cpu"
+    name = throughput.device_name()
     peak = throughput.peak_flops(name)
     results = {"device": name, "torch": torch.__version__, "max_seq_length": args.max_seq_length,
                "conversations_per_step": args.conversations_per_step}

@@ -66,8 +66,10 @@ def tokenize_conversation(
     return {"input_ids": encoded["input_ids"], "labels": labels}
 
 
-def pad_batch(features: list[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Dynamic padding to the longest sample of the batch; padded positions get attention 0 and no label."""
+def pad_batch(features: list[dict], pad_token_id: int, padding_side: str = "right",
+              device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Dynamic padding to the longest sample of the batch; padded positions get attention 0 and no label. The
+    tensors are made on `device` (the model's: a GPU where there is one)."""
     width = max(len(f["input_ids"]) for f in features)
     ids, mask, labels = [], [], []
     for feature in features:
@@ -77,7 +79,8 @@ def pad_batch(features: list[dict], pad_token_id: int, padding_side: str = "righ
         ids.append(place(list(feature["input_ids"]), pad_token_id))
         mask.append(place([1] * len(feature["input_ids"]), 0))
         labels.append(place(list(feature.get("labels", feature["input_ids"])), IGNORE_INDEX))
-    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device),
+            "labels": torch.tensor(labels, device=device)}
 
 
 def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:

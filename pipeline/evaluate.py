@@ -259,8 +259,8 @@ def dialogue_perplexity(model, tokenizer, dialogues: list[list[dict]], config: E
     encoded = sorted((e for e in encoded if e is not None), key=lambda e: len(e["input_ids"]))
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(encoded), config.batch_size):
-        batch = {name: values.to(model.device) for name, values in
-                 chat_data.pad_batch(encoded[start : start + config.batch_size], tokenizer.pad_token_id).items()}
+        batch = chat_data.pad_batch(encoded[start : start + config.batch_size], tokenizer.pad_token_id,
+                                    device=model.device)
         labels = batch["labels"][:, 1:]
         scored = labels != chat_data.IGNORE_INDEX
         logits = reply_logits(model, batch["input_ids"], batch["attention_mask"], scored)

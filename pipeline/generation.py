@@ -29,8 +29,8 @@ def generate_replies(
     model.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = {name: values.to(model.device) for name, values in  # the model's device: a GPU where there is one
-                 chat_data.pad_batch([{"input_ids": prompts[i]} for i in chunk], tokenizer.pad_token_id, "left").items()}
+        batch = chat_data.pad_batch([{"input_ids": prompts[i]} for i in chunk], tokenizer.pad_token_id, "left",
+                                    model.device)
         output = model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
             eos_token_id=eot, pad_token_id=tokenizer.pad_token_id,
