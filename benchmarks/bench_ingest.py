@@ -2,7 +2,7 @@
 
     make bench            # or: python benchmarks/bench_ingest.py --utterances 1000000
 
-The data is generated first (not timed): 250,000 four-turn conversations in 8 JSONL files of one date partition,
+The data is generated first (not timed, ops/synthetic_logs.py): 250,000 four-turn conversations in 8 JSONL files of one date partition,
 20% Chinese, with 3% exact and 2% near-exact duplicates, 1% of turns carrying an e-mail / phone / card number and
 0.1% malformed lines. Then the real stage commands run as the DAG runs them (`python -m pipeline ingest`, then
 `validate`, each its own process, MLflow on SQLite); wall time and peak RSS of each process are measured.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -23,49 +22,7 @@ from pathlib import Path
 
 import yaml
 
-WORDS = ("the model answers every question about weather travel food music code books games health money time "
-         "work school family sport city river mountain").split()
-HANZI = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自可"
-
-
-def sentence(rng: random.Random, chinese: bool) -> str:
-    if chinese:
-        return "".join(rng.choice(HANZI) for _ in range(rng.randint(6, 30))) + "。"
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 25))).capitalize() + "."
-
-
-def generate(root: Path, utterances: int, files: int = 8) -> dict:
-    rng = random.Random(0)
-    conversations = utterances // 4
-    handles = [open(root / f"part-{i:02d}.jsonl", "w", encoding="utf-8") for i in range(files)]
-    made, kinds = [], {"exact_dup": 0, "near_dup": 0, "pii": 0, "malformed": 0}
-    for number in range(conversations):
-        handle = handles[number % files]
-        roll = rng.random()
-        if made and roll < 0.03:
-            messages = rng.choice(made)
-            kinds["exact_dup"] += 1
-        elif made and roll < 0.05:
-            messages = [{**m, "content": m["content"].upper() + "!"} for m in rng.choice(made)]
-            kinds["near_dup"] += 1
-        else:
-            chinese = rng.random() < 0.2
-            messages = [{"role": "user" if t % 2 == 0 else "assistant", "content": sentence(rng, chinese)}
-                        for t in range(4)]
-            if rng.random() < 0.04:  # ~1% of turns
-                messages[0]["content"] += rng.choice([f" mail me at user{number}@example.com",
-                                                      f" call +1 (555) 123-{number % 10000:04d}",
-                                                      " card 4111 1111 1111 1111"])
-                kinds["pii"] += 1
-            if len(made) < 5000:
-                made.append(messages)
-        if rng.random() < 0.001:
-            handle.write('{"messages": [{"role": "user", "content": "cut off\n')
-            kinds["malformed"] += 1
-        handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-    for handle in handles:
-        handle.close()
-    return {"conversations": conversations, "utterances": conversations * 4, **kinds}
+from ops import synthetic_logs
 
 
 def run_stage(stage: str, config: Path, *extra: str) -> tuple[float, float, str]:
@@ -92,7 +49,7 @@ def main() -> None:
         root = Path(scratch)
         partition = root / "incoming" / "dt=2026-11-22"
         partition.mkdir(parents=True)
-        generated = generate(partition, args.utterances)
+        generated = synthetic_logs.generate(partition, args.utterances)
         config = root / "config.yaml"
         config.write_text(yaml.safe_dump({
             "project": {"data_root": str(root / "data"), "runs_root": str(root / "runs"),

@@ -14,7 +14,8 @@ import random
 import time
 from pathlib import Path
 
-from pipeline import ingest, metrics
+from pipeline import ingest
+from pipeline.evaluation import metrics
 
 
 def main() -> None:

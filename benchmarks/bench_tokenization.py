@@ -2,13 +2,13 @@
 
     python benchmarks/bench_tokenization.py                          # or: --conversations 20000
 
-The conversations come from bench_ingest's generator (four turns each, 20% Chinese, its duplicates included),
+The conversations come from ops/synthetic_logs.py (four turns each, 20% Chinese, its duplicates included),
 written as a turns table like the one ingest writes (not timed). A fresh process then does what train's
-build_dataset does: reads the table, tokenizes it with pipeline/tokenization.py and the real SmolLM2 tokenizer
+build_dataset does: reads the table, tokenizes it with pipeline/training/samples/tokenization.py and the real SmolLM2 tokenizer
 (from the chat template's layout: each message's segment tokenized without offsets, on the tokenizer's Rust
 threads) and packs the samples into rows of `--max-seq-length` tokens. Its wall time, conversations/s, tokens/s,
 CPU seconds and peak memory (PSS and RSS, sampled every 0.1 s) are measured. `--turns` reuses a table written before.
-The measured process allocates as the stage does (pipeline/allocator.py: tcmalloc where installed; the JSON says
+The measured process allocates as the stage does (pipeline/process/allocator.py: tcmalloc where installed; the JSON says
 which); CHAT_RETRAIN_ALLOCATOR=system measures glibc's malloc instead.
 Target (issue 15, item 4): <= 60 s and <= 4 GiB on 2 cores. Writes bench-results/tokenization.json.
 """
@@ -27,38 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-import bench_ingest
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-
-def write_turns(conversations: int, scratch: Path) -> Path:
-    """bench_ingest's conversations (its malformed lines skipped) as a train-split turns table."""
-    generated = scratch / "generated"
-    generated.mkdir()
-    bench_ingest.generate(generated, utterances=4 * conversations)
-    columns = {"conversation_id": [], "turn_index": [], "role": [], "text": [], "language": []}
-    for path in sorted(generated.glob("*.jsonl")):
-        with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                try:
-                    messages = json.loads(line)["messages"]
-                except json.JSONDecodeError:
-                    continue  # the generator's deliberately malformed lines
-                cid = f"{path.stem}-{len(columns['conversation_id']):09d}"
-                language = "zh" if messages[0]["content"][:1] in bench_ingest.HANZI else "en"
-                for index, message in enumerate(messages):
-                    columns["conversation_id"].append(cid)
-                    columns["turn_index"].append(index)
-                    columns["role"].append(message["role"])
-                    columns["text"].append(message["content"])
-                    columns["language"].append(language)
-        path.unlink()
-    table = pa.table(columns)
-    table = table.append_column("split", pa.array(["train"] * len(table), pa.string()))
-    pq.write_table(table, scratch / "turns.parquet")
-    return scratch / "turns.parquet"
+from ops import synthetic_logs
 
 
 def measure(turns_path: str, max_seq_length: int) -> dict:
@@ -66,10 +37,11 @@ def measure(turns_path: str, max_seq_length: int) -> dict:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # as the stage sets it: tokenize_split turns the threads on itself
     import pandas as pd
 
-    from pipeline import models, tokenization
     from pipeline.config import ProjectConfig
+    from pipeline.model import loading
+    from pipeline.training.samples import tokenization
 
-    tokenizer = models.load_tokenizer(ProjectConfig().base_model)
+    tokenizer = loading.load_tokenizer(ProjectConfig().base_model)
     cpu_before = _cpu_seconds()
     began = time.perf_counter()
     turns = pd.read_parquet(turns_path)
@@ -135,7 +107,7 @@ def main() -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: run the measured part on this table
     args = parser.parse_args()
     if args.measure:
-        from pipeline import allocator
+        from pipeline.process import allocator
 
         allocator.use_tcmalloc()  # as `python -m pipeline train` does
         print(json.dumps({**measure(args.measure, args.max_seq_length), "allocator": allocator.active()}))
@@ -143,7 +115,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-tokenization-") as scratch:
         started = time.perf_counter()
-        turns_path = Path(args.turns) if args.turns else write_turns(args.conversations, Path(scratch))
+        turns_path = Path(args.turns) if args.turns else synthetic_logs.turns_table(args.conversations, Path(scratch))
         if args.keep_turns:
             shutil.copyfile(turns_path, args.keep_turns)
         generate_s = time.perf_counter() - started

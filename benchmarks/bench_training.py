@@ -14,8 +14,8 @@ number of conversations per optimizer step and differs only in how it batches an
   packed       pipeline.train: conversations packed into rows of 256 tokens, no cross-attention, chunked loss
                (the default)
   packed_bf16_states  packed with train.precision=bf16_states: bf16 weights, gradients and AdamW moments, fp32
-               master weights in the optimizer (pipeline/precision.py), no autocast
-  packed_lean  the same as packed with train.lean_layers=true (pipeline/lean_layers.py: Linear weights cast again in the
+               master weights in the optimizer (pipeline/training/precision.py), no autocast
+  packed_lean  the same as packed with train.lean_layers=true (pipeline/training/lean_layers.py: Linear weights cast again in the
                backward instead of kept in bf16, one shared cast per RMSNorm, the norm recomputed; same gradients)
   packed_checkpointed  packed with train.activation_checkpointing=true (less memory, more compute)
   trl          TRL 1.16 SFTTrainer at its fastest on a CPU: packing="bfd" (so padding-free), completion-only loss,
@@ -28,7 +28,7 @@ number of conversations per optimizer step and differs only in how it batches an
 Real tokens count the positions that hold a token (not padding) for every variant alike; label_tokens the ones the
 loss trains on. Each variant runs in its own process (so peak RSS is its own): warm-up steps, then timed steps;
 cpu_s is the process CPU time of the timed steps (less sensitive than wall time to other jobs on the machine).
-Every variant's process allocates as the train stage does (pipeline/allocator.py: tcmalloc where installed, the
+Every variant's process allocates as the train stage does (pipeline/process/allocator.py: tcmalloc where installed, the
 JSON says which), so the comparison is like for like; CHAT_RETRAIN_ALLOCATOR=system measures glibc's malloc.
 Targets: packed >= 2.5x the baseline's real tokens/s (issue 4); packed >= 1.5x TRL's real tokens/s at <= 80% of
 its peak RSS (issue 15). Writes bench-results/training.json.
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--output", default="bench-results/training.json")
     args = parser.parse_args()
     if args.variant:
-        from pipeline import allocator
+        from pipeline.process import allocator
 
         allocator.use_tcmalloc()  # every variant allocates as `python -m pipeline train` does, TRL's too
         print(json.dumps({**run_variant(args), "allocator": allocator.active()}))
@@ -89,7 +89,7 @@ def main() -> None:
         **results,
     }
     if {"baseline", "packed", "trl"} <= results.keys():
-        summary["row"] = readme_row(summary)  # benchmarks/report.py puts it in the README's table as it stands
+        summary["row"] = table_row(summary)  # ops/bench_report.py puts it in the table of docs/benchmarks.md as it stands
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k not in VARIANTS}, indent=2))
@@ -118,7 +118,7 @@ def comparisons(results: dict) -> dict:
     return out
 
 
-def readme_row(summary: dict) -> dict:
+def table_row(summary: dict) -> dict:
     packed = summary["packed"]
     return {
         "what": f"full fine-tune of SmolLM2-135M, {summary['conversations_per_step']} conversations/step: packed vs "
@@ -152,12 +152,14 @@ def run_variant(args) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from pipeline import batching, ingest, models, train
+    from pipeline import ingest, train
     from pipeline.config import ProjectConfig
+    from pipeline.model import loading
+    from pipeline.training.samples import batching
 
     turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")  # the embedded data: chatterbot en + zh
     reference = ProjectConfig().base_model
-    tokenizer = models.load_tokenizer(reference)
+    tokenizer = loading.load_tokenizer(reference)
     kind = args.variant.removesuffix(GLIBC)  # the allocator is the process's own (main set it for the child)
     packed = kind in (*OURS, "trl", "trl_default")
     config = train.TrainConfig(max_steps=args.warmup_steps + args.steps, max_seq_length=args.max_seq_length,
@@ -171,7 +173,7 @@ def run_variant(args) -> dict:
         rows = len(batching.pack(list(train_set), args.max_seq_length)) if not config.packing else len(train_set)
         per_row = stats["data/train_conversations"] / rows
         config = train.TrainConfig(**{**config.__dict__, "batch_size": max(1, round(args.conversations_per_step / per_row))})
-    model = models.load_model(reference)
+    model = loading.load_model(reference)
     output = Path(tempfile.mkdtemp(prefix=f"bench-{args.variant}-"))  # the Trainer's output_dir; nothing is saved
     counter = batching.Collator(tokenizer.pad_token_id)  # counters of the positions the model sees
     if kind == "baseline":
@@ -218,7 +220,7 @@ def counting(collate, counter):
     counter.label_tokens = 0
 
     def collate_and_count(features):
-        counted_before = getattr(collate, "real_tokens", None)  # pipeline.batching.Collator counts its own
+        counted_before = getattr(collate, "real_tokens", None)  # pipeline.training.samples.batching.Collator counts its own
         batch = collate(features)
         positions = batch["input_ids"].numel()
         if counted_before is not None:  # packed rows have pad positions but no attention mask
@@ -238,7 +240,7 @@ def baseline_trainer(model, tokenizer, train_set, config, output):
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from pipeline import precision
+    from pipeline.training import precision
 
     model.config.use_cache = False
     stock = DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=config.max_seq_length)
@@ -256,10 +258,11 @@ def trl_trainer(model, tokenizer, turns, config, output, default_checkpointing: 
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline import chat_data, precision
+    from pipeline.model import chat_format
+    from pipeline.training import precision
 
     examples = []
-    for _, _, messages in chat_data.conversations(turns, "train"):
+    for _, _, messages in chat_format.conversations(turns, "train"):
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
         replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if replies:

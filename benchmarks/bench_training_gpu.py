@@ -9,7 +9,7 @@ train split, chat-templated with SmolLM2's tokenizer, max_seq_length 256, assist
 as benchmarks/bench_training.py. Both variants run the same plain training loop (AdamW, fp32 master weights, bf16
 autocast) on the same conversations per step and differ only in batching:
   baseline  every sample padded to max_seq_length (what most tutorials do)
-  packed    pipeline.batching: best-fit packing into rows of max_seq_length, position ids restart, no
+  packed    pipeline.training.samples.batching: best-fit packing into rows of max_seq_length, position ids restart, no
             cross-attention
 MFU = model FLOPs per real token x real tokens/s / peak bf16 dense FLOP/s (H100 SXM: 989e12). FLOPs per token:
 6 x parameters (the tied LM head counted once, as a matmul) + 12 x layers x hidden x max_seq_length (attention,
@@ -28,18 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def prepare(directory: Path, max_seq_length: int) -> None:
-    from pipeline import chat_data, ingest, models
+    from pipeline import ingest
     from pipeline.config import ProjectConfig
+    from pipeline.model import chat_format, loading
 
     directory.mkdir(parents=True, exist_ok=True)
     reference = ProjectConfig().base_model
-    tokenizer = models.load_tokenizer(reference)
+    tokenizer = loading.load_tokenizer(reference)
     turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")
-    features = [chat_data.tokenize_conversation(tokenizer, messages, max_seq_length, "You are a helpful chatbot.")
-                for _, _, messages in chat_data.conversations(turns, "train")]
+    features = [chat_format.tokenize_conversation(tokenizer, messages, max_seq_length, "You are a helpful chatbot.")
+                for _, _, messages in chat_format.conversations(turns, "train")]
     features = [f for f in features if f is not None]
     (directory / "features.json").write_text(json.dumps(features))
-    config = models.load_model(reference).config.to_dict()
+    config = loading.load_model(reference).config.to_dict()
     config.pop("quantization_config", None)
     (directory / "config.json").write_text(json.dumps(config))
     print(f"{len(features)} samples, pad id {tokenizer.pad_token_id}", file=sys.stderr)
@@ -52,7 +53,9 @@ def run(directory: Path, args) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline import batching, chat_data, throughput
+    from pipeline.model import chat_format
+    from pipeline.training import throughput
+    from pipeline.training.samples import batching
 
     features = [{**f, "conversation_ids": [str(i)]}
                 for i, f in enumerate(json.loads((directory / "features.json").read_text()))]
@@ -82,8 +85,8 @@ def run(directory: Path, args) -> dict:
             collate = batching.Collator(pad, packed=True)
             batches = [collate(batching.pack(samples, args.max_seq_length)) for samples in step_samples]
         else:
-            batches = [chat_data.pad_batch([{**f, "input_ids": f["input_ids"] + [pad] * (args.max_seq_length - len(
-                f["input_ids"])), "labels": f["labels"] + [chat_data.IGNORE_INDEX] * (args.max_seq_length - len(
+            batches = [chat_format.pad_batch([{**f, "input_ids": f["input_ids"] + [pad] * (args.max_seq_length - len(
+                f["input_ids"])), "labels": f["labels"] + [chat_format.IGNORE_INDEX] * (args.max_seq_length - len(
                     f["labels"]))} for f in samples], pad) for samples in step_samples]
             for batch, samples in zip(batches, step_samples, strict=True):  # padding is not attended
                 for row, f in enumerate(samples):

@@ -16,7 +16,7 @@ Manual runs (`airflow dags trigger -l`, `airflow dags test DAG DATE`, `make run 
 date they are given. catchup=False: when the DAG is unpaused (make up), the latest complete interval runs at once,
 older missed nights are left to `make backfill`.
 
-Parse-time settings (read when the scheduler parses this file; documented in the README):
+Parse-time settings (read when the scheduler parses this file; documented in docs/configuration.md):
     CHAT_RETRAIN_SCHEDULE   cron of the nightly run (default "0 2 * * *", UTC)
     CHAT_RETRAIN_CONFIG     the `config` param's default, i.e. what scheduled runs use (default configs/embedded.yaml)
 """

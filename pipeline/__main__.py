@@ -2,7 +2,7 @@
 
 import sys
 
-from pipeline import allocator
+from pipeline.process import allocator
 
 allocator.use_tcmalloc()  # before the heavy imports: re-executes this process on tcmalloc where it is installed
 

@@ -11,7 +11,7 @@ The URI becomes the task's XCom through a file, never through the log: the stage
 $PIPELINE_XCOM_FILE, which every Airflow runtime sets and reads (dags/chat_retrain/runtimes.py), so a warning that
 an interpreter prints at exit cannot become the next task's input. The stage also prints the URI as the last line
 of its stdout, for a person or a script running a stage by hand; Airflow does not parse it. Logs go to stderr;
-progress a person follows (stage started / done in, steps, replies) goes through pipeline/progress.py.
+progress a person follows (stage started / done in, steps, replies) goes through pipeline/process/progress.py.
 Exit codes: 0 ok, 1 the stage failed (e.g. validation), 2 bad config or arguments.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib
 import logging
 import os
@@ -26,8 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import progress, storage, termination
 from pipeline.config import ConfigError, RunContext, load_project, load_section, run_type_name
+from pipeline.process import progress, termination
+from pipeline.storage import outputs
 
 # stage -> (module, config class, inputs it takes as URIs)
 STAGES = {
@@ -59,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet_environment()
     if args.stage == "record-failure":  # the DAG's failure callback: not a stage, no config section of its own
-        from pipeline import tracking
+        from pipeline.tracking import runs
 
-        tracking.record_failure(load_project(args.config), _context(args), args.task, args.error)
+        runs.record_failure(load_project(args.config), _context(args), args.task, args.error)
         return 0
     termination.install()  # SIGTERM fails the stage cleanly (runs ended FAILED, no scratch left), exit code 1
     sys.stdout.reconfigure(line_buffering=True)  # task logs stream live instead of arriving at exit
@@ -91,13 +93,28 @@ def _run_stage(args: argparse.Namespace) -> tuple[int, str | None, object]:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2, f"config error: {exc}", None
+    stage_inputs = {name: getattr(args, name) for name in inputs}
+    if args.stage == "promote":  # a champion that moved since evaluate is compared again by evaluate itself
+        stage_inputs["rescore"] = functools.partial(_evaluate_again, args, project)
     try:
-        output = module.run(config, project, _context(args), **{name: getattr(args, name) for name in inputs})
+        output = module.run(config, project, _context(args), **stage_inputs)
     except Exception as exc:  # the message is what a person reads in the Airflow task log
         logging.getLogger("pipeline").exception("stage %s failed", args.stage)
         print(f"{args.stage} failed: {exc}", file=sys.stderr)
         return 1, " ".join(f"{type(exc).__name__}: {exc}".split())[:300], None  # one line for the console
     return 0, None, output
+
+
+def _evaluate_again(args: argparse.Namespace, project, dataset: str, model: str) -> None:
+    """The evaluate stage of this DAG run, run again by promote on the same inputs (pipeline/promote.py)."""
+    from pipeline import evaluate
+
+    config = load_section(args.config, "evaluate", evaluate.EvaluateConfig, args.set)
+    progress.stage_started("evaluate")
+    started = time.monotonic()
+    evaluate.run(config, project, _context(args), dataset=dataset, model=model)
+    progress.stage_finished(time.monotonic() - started, None)
+    progress.stage_started(args.stage)
 
 
 def _write_xcom(output) -> None:
@@ -107,7 +124,7 @@ def _write_xcom(output) -> None:
     rank returns the same run-scoped URI."""
     path = os.environ.get("PIPELINE_XCOM_FILE")
     if path and os.environ.get("LOCAL_RANK", "0") == "0":
-        storage.write_json(Path(path), str(output))  # one line: the local runtime prints it as the last log line
+        outputs.write_json(Path(path), str(output))  # one line: the local runtime prints it as the last log line
 
 
 def _date(value: str) -> str:

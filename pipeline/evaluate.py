@@ -19,11 +19,8 @@ them. Prints the directory holding evaluation.json.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
 import shutil
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,22 +29,13 @@ import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import (
-    anchor,
-    chat_data,
-    generation,
-    generation_cache,
-    languages,
-    metrics,
-    models,
-    partitions,
-    progress,
-    registry,
-    similarity,
-    storage,
-    tracking,
-)
 from pipeline.config import ProjectConfig, RunContext, as_params
+from pipeline.data import partitions
+from pipeline.evaluation import anchor, generation_cache, held_out, metrics, perplexity, similarity
+from pipeline.model import chat_format, generation, loading
+from pipeline.process import failpoints, progress
+from pipeline.storage import outputs
+from pipeline.tracking import registry, runs
 
 log = logging.getLogger(__name__)
 # fp32: batched greedy then matches one-at-a-time decoding. The device is part of the generation cache's key: a
@@ -84,13 +72,15 @@ class EvaluateConfig:
 
 
 def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset: str, model: str) -> Path:
-    with tracking.stage_run(project, ctx, "evaluate"):
+    failpoints.hit("evaluate.start", ctx.run_type)  # tests hold one run here while another overtakes it
+    with runs.stage_run(project, ctx, "evaluate"):
         mlflow.log_params(as_params(config, "evaluate"))
         partition = partitions.read(dataset)  # refuses bytes other than those validate approved
         turns, dataset = partition.turns, str(partition.path)
-        tracking.log_dataset(partition.path, partition.manifest, context="evaluation")
+        runs.log_dataset(partition.path, partition.manifest, context="evaluation")
         # Every rule on the evaluation sets is checked before the first (minutes-long) model is loaded.
-        examples = held_out_examples(turns, config, dataset)
+        examples = held_out.examples(turns, config.split, config.max_examples, config.min_examples_per_language,
+                                     dataset)
         anchor_set = anchor_examples(config, turns)
         others, champion_version = incumbents(config, project, ctx)
         contenders = {"candidate": model, **others}
@@ -106,28 +96,12 @@ def run(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext, dataset
                 cache)
             samples = samples.assign(**columns)
             anchor_samples = anchor_samples.assign(**anchor_columns)
-        shutil.rmtree(storage.run_dir(project, ctx, "evaluate_champion"), ignore_errors=True)  # a 0.5 GB copy
+        shutil.rmtree(outputs.run_dir(project, ctx, "evaluate_champion"), ignore_errors=True)  # a 0.5 GB copy
         cache_report = cache.report() if cache else {"enabled": False}
         output = write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, partition, model,
                                champion_version, config.evaluate_champion, cache_report)
         log_results(scores, samples, anchor_samples, cache)
     return output
-
-
-def held_out_examples(turns: pd.DataFrame, config: EvaluateConfig, dataset: str) -> list[chat_data.EvalExample]:
-    examples = chat_data.eval_examples(turns, config.split)[: config.max_examples]
-    if not examples:
-        raise anchor.EvaluationSetError(
-            f"held-out set {config.split!r} of {dataset} has 0 examples; rule: an evaluation set holds at least one "
-            f"assistant reply to score (check ingest's {config.split}_fraction and validate's min_conversations)")
-    counts = Counter(languages.primary(e.language) for e in examples)
-    few = {lang: n for lang, n in sorted(counts.items()) if n < (config.min_examples_per_language or 0)}
-    if few:
-        raise anchor.EvaluationSetError(
-            f"held-out set {config.split!r} of {dataset}: {', '.join(f'{k}: {n}' for k, n in few.items())} examples; "
-            f"rule: at least {config.min_examples_per_language} per language (evaluate.min_examples_per_language), "
-            "or per-language scores and promote's bootstrap are noise (raise max_examples or drop the language)")
-    return examples
 
 
 def anchor_examples(config: EvaluateConfig, turns: pd.DataFrame) -> anchor.AnchorSet | None:
@@ -139,7 +113,7 @@ def anchor_examples(config: EvaluateConfig, turns: pd.DataFrame) -> anchor.Ancho
     return anchor_set
 
 
-def sample_table(examples: list[chat_data.EvalExample]) -> pd.DataFrame:
+def sample_table(examples: list[chat_format.EvalExample]) -> pd.DataFrame:
     return pd.DataFrame({
         "conversation_id": [e.conversation_id for e in examples], "language": [e.language for e in examples],
         "prompt": [e.history[-1]["content"] for e in examples], "reference": [e.reference for e in examples],
@@ -150,11 +124,11 @@ def incumbents(config: EvaluateConfig, project: ProjectConfig, ctx: RunContext) 
     """The models the candidate must be compared with tonight, on the same examples: champion and base."""
     found, champion_version = {}, None
     if config.evaluate_champion:
-        tracking.connect(project)
+        runs.connect(project)
         version = registry.champion(MlflowClient(), project.registered_model)
         if version is not None:
             # Downloaded only if the generation cache does not hold its replies (evaluate_model).
-            found["champion"] = registry.RegisteredWeights.of(version, storage.run_dir(project, ctx, "evaluate_champion"))
+            found["champion"] = registry.RegisteredWeights.of(version, outputs.run_dir(project, ctx, "evaluate_champion"))
             champion_version = str(version.version)
             mlflow.log_param("evaluate.champion_version", champion_version)
     if config.evaluate_base:
@@ -170,26 +144,26 @@ def local_weights(reference: str | registry.RegisteredWeights) -> str:
 def trained_system_prompt(model: str | registry.RegisteredWeights) -> str | None:
     if isinstance(model, registry.RegisteredWeights):
         return model.train_config().get("train.system_prompt")
-    return json.loads((Path(model) / "train_config.json").read_text()).get("train.system_prompt")
+    return outputs.train_config(model).get("train.system_prompt")
 
 
 def evaluate_model(reference, examples, turns, config: EvaluateConfig, system_prompt, name: str = "model",
-                   anchor_examples: list[chat_data.EvalExample] = (),
+                   anchor_examples: list[chat_format.EvalExample] = (),
                    cache: generation_cache.GenerationCache | None = None):
     """One model's scores on the held-out examples and, with the weights loaded once, on the anchor examples (keys
     `anchor_*`); plus per-example sample columns (`<name>`: reply, `<name>_similarity`) of each set. Replies and
     perplexity come from `cache` where it holds them; the weights are loaded only for the sets it does not.
     `reference`: a path or model reference, or a registry.RegisteredWeights (the champion), downloaded only then."""
-    sets = {"held_out": (examples, held_out_dialogues(turns, config))}
+    sets = {"held_out": (examples, held_out.dialogues(turns, config.split, config.max_examples))}
     if anchor_examples:
         sets["anchor"] = (anchor_examples, [[*e.history, {"role": "assistant", "content": e.reference}]
                                             for e in anchor_examples])
     keys = cache_keys(cache, reference, name, sets, config, system_prompt)
     found = {s: cache.get(keys[s], len(sets[s][0]), name, s) for s in sets} if cache else dict.fromkeys(sets)
-    missing = [set_name for set_name, outputs in found.items() if outputs is None]
+    missing = [set_name for set_name, computed in found.items() if computed is None]
     if missing:
         path = local_weights(reference)
-        tokenizer, model = models.load_tokenizer(path), models.load_model(path, EVAL_DTYPE).to(EVAL_DEVICE)
+        tokenizer, model = loading.load_tokenizer(path), loading.load_model(path, EVAL_DTYPE).to(EVAL_DEVICE)
         for set_name in missing:
             label = name if set_name == "held_out" else f"{name} {set_name}"  # progress: which model, which set
             found[set_name] = compute_outputs(model, tokenizer, *sets[set_name], config, system_prompt, label)
@@ -213,7 +187,7 @@ def cache_keys(cache, reference, name: str, sets: dict, config: EvaluateConfig, 
     settings = generation_cache.settings(
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, max_seq_length=config.max_seq_length,
         system_prompt=system_prompt, dtype=str(EVAL_DTYPE), device=EVAL_DEVICE,
-        code=(generation, chat_data, models, dialogue_perplexity))  # the code that renders, decodes and measures
+        code=(generation, chat_format, loading, perplexity))  # the code that renders, decodes and measures
     return {set_name: generation_cache.Key(digest, generation_cache.examples_digest(*pair), settings)
             for set_name, pair in sets.items()}
 
@@ -224,69 +198,29 @@ def compute_outputs(model, tokenizer, examples, dialogues, config: EvaluateConfi
         model, tokenizer, [e.history for e in examples], system_prompt, config.max_new_tokens, config.batch_size,
         on_batch=functools.partial(progress.generation, label),  # which model, batch i/n, replies so far
     )
-    return generation_cache.Outputs(replies, dialogue_perplexity(model, tokenizer, dialogues, config, system_prompt))
+    ppl = perplexity.of_dialogues(model, tokenizer, dialogues, config.max_seq_length, config.batch_size, system_prompt)
+    return generation_cache.Outputs(replies, ppl)
 
 
-def score_replies(outputs: generation_cache.Outputs, examples, name: str):
+def score_replies(computed: generation_cache.Outputs, examples, name: str):
     """Corpus scores (n-gram metrics, similarity, perplexity) and the per-example columns, from the replies: metric
     code changes apply to cached replies too."""
-    replies, references, languages = outputs.replies, [e.reference for e in examples], [e.language for e in examples]
+    replies, references, languages = computed.replies, [e.reference for e in examples], [e.language for e in examples]
     per_example = similarity.cosines(replies, references)
     scores = {**metrics.score(replies, references, languages), **similarity.score(per_example, languages),
-              "perplexity": outputs.perplexity}
+              "perplexity": computed.perplexity}
     return scores, {name: replies, f"{name}_similarity": per_example}
-
-
-def held_out_dialogues(turns, config: EvaluateConfig) -> list[list[dict]]:
-    """The held-out conversations whose reference replies the perplexity pass scores."""
-    return [messages for _, _, messages in chat_data.conversations(turns, config.split)[: config.max_examples]]
-
-
-def reference_perplexity(model, tokenizer, turns, config: EvaluateConfig, system_prompt) -> float:
-    """exp(mean NLL) of the reference assistant tokens given their history, over the evaluation split."""
-    return dialogue_perplexity(model, tokenizer, held_out_dialogues(turns, config), config, system_prompt)
-
-
-@torch.inference_mode()
-def dialogue_perplexity(model, tokenizer, dialogues: list[list[dict]], config: EvaluateConfig, system_prompt) -> float:
-    """exp(mean NLL) of the assistant tokens of `dialogues`, each given the turns before it. Dialogues are batched
-    by length (less padding), and the vocabulary head runs only where a reply token is predicted: the
-    [batch, length, vocabulary] logits of every position never exist (SmolLM2: 49k x 576 multiply-adds a position)."""
-    encoded = [
-        chat_data.tokenize_conversation(tokenizer, messages, config.max_seq_length, system_prompt)
-        for messages in dialogues
-    ]
-    encoded = sorted((e for e in encoded if e is not None), key=lambda e: len(e["input_ids"]))
-    total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(encoded), config.batch_size):
-        batch = chat_data.pad_batch(encoded[start : start + config.batch_size], tokenizer.pad_token_id,
-                                    device=model.device)
-        labels = batch["labels"][:, 1:]
-        scored = labels != chat_data.IGNORE_INDEX
-        logits = reply_logits(model, batch["input_ids"], batch["attention_mask"], scored)
-        total_nll += torch.nn.functional.cross_entropy(logits.float(), labels[scored], reduction="sum").item()
-        total_tokens += int(scored.sum())
-    return math.exp(total_nll / max(total_tokens, 1))
-
-
-def reply_logits(model, input_ids, attention_mask, scored) -> torch.Tensor:
-    """The logits predicting each scored position ([n, vocabulary]): the decoder's hidden states there through the
-    output head. Models whose head is more than a projection (logit soft-capping) get their full forward."""
-    if getattr(model.config, "final_logit_softcapping", None):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][scored]
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[:, :-1][scored])
 
 
 def write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, partition, model, champion_version,
                   champion_checked: bool, cache_report: dict) -> Path:
-    final, manifest = storage.run_dir(project, ctx, "evaluate"), partition.manifest
-    files = ["evaluation.json", "samples.parquet"] + (["samples_anchor.parquet"] if anchor_set else [])
-    with storage.atomic_dir(final) as scratch:
-        samples.to_parquet(scratch / "samples.parquet", index=False)
+    final, manifest = outputs.run_dir(project, ctx, "evaluate"), partition.manifest
+    files = [outputs.EVALUATION, outputs.SAMPLES["held-out"]] + ([outputs.SAMPLES["anchor"]] if anchor_set else [])
+    with outputs.atomic_dir(final) as scratch:
+        samples.to_parquet(scratch / outputs.SAMPLES["held-out"], index=False)
         if anchor_set:
-            anchor_samples.to_parquet(scratch / "samples_anchor.parquet", index=False)
-        storage.write_json(scratch / "evaluation.json", {
+            anchor_samples.to_parquet(scratch / outputs.SAMPLES["anchor"], index=False)
+        outputs.write_json(scratch / outputs.EVALUATION, {
             "scores": scores, "examples": len(samples), "model": str(model), "dataset": str(partition.path),
             "data_digest": manifest["digest"], "data_input_digest": manifest.get("input_digest", ""),
             # Whether evaluate looked for a champion (None then means "there was none"): promote re-checks it.
@@ -295,7 +229,7 @@ def write_outputs(scores, samples, anchor_set, anchor_samples, project, ctx, par
                                       "source": anchor_set.source, "examples": len(anchor_set.examples)},
             "cache": cache_report,  # which replies were reused, and the weights digests they were found by
         })
-        storage.write_json(scratch / storage.MANIFEST, {"files": files})
+        outputs.write_json(scratch / outputs.MANIFEST, {"files": files})
     return final
 
 
@@ -310,4 +244,4 @@ def log_results(scores: dict[str, dict[str, float]], samples: pd.DataFrame, anch
     mlflow.log_table(samples, artifact_file="eval_samples.json")
     if len(anchor_samples):
         mlflow.log_table(anchor_samples, artifact_file="eval_samples_anchor.json")
-    tracking.log_to_parent(flat)
+    runs.log_to_parent(flat)

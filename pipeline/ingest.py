@@ -1,4 +1,4 @@
-"""Stage 1, ingest: dialogue sources (see pipeline/sources.py) -> one cleaned, canonical table per date partition.
+"""Stage 1, ingest: dialogue sources (see pipeline/data/sources.py) -> one cleaned, canonical table per date partition.
 
     python -m pipeline ingest --config configs/embedded.yaml --run-date 2026-11-22
 
@@ -40,14 +40,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import cleaning, sources, storage, tracking
 from pipeline.config import ProjectConfig, RunContext, as_params, build
+from pipeline.data import cleaning, sources, table
+from pipeline.storage import outputs
+from pipeline.tracking import runs
 
 log = logging.getLogger(__name__)
 
-DATASET = "conversations"
-COLUMNS = ["conversation_id", "turn_index", "role", "text", "language", "source", "split", "partition_date"]
-QUARANTINE = "quarantine.jsonl"
 
 
 class IngestError(RuntimeError):
@@ -66,7 +65,7 @@ PUBLISHING = "the rename into place"  # after the block: atomic_dir does not cle
 class IngestConfig:
     sources: list[dict] = field(
         default_factory=lambda: [{"format": "chatterbot", "languages": ["english", "chinese"]}],
-        metadata={"help": "Dialogue sources (pipeline/sources.py SourceConfig): format, uri, partitioned, ..."},
+        metadata={"help": "Dialogue sources (pipeline/data/sources.py SourceConfig): format, uri, partitioned, ..."},
     )
     window_days: int = field(default=1, metadata={"help": "Partitioned sources: read this many days up to the date."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Share of conversations held for val."})
@@ -93,7 +92,7 @@ class IngestConfig:
 
 
 def run(config: IngestConfig, project: ProjectConfig, ctx: RunContext) -> Path:
-    with tracking.stage_run(project, ctx, "ingest"):
+    with runs.stage_run(project, ctx, "ingest"):
         mlflow.log_params(as_params(config, "ingest"))
         turns, quarantine, summary = collect(config, ctx.run_date)
         output = write_partition(turns, quarantine, summary, project, ctx)
@@ -122,7 +121,7 @@ def collect(config: IngestConfig, run_date: str) -> tuple[pd.DataFrame, list[dic
     summary = {
         "window": sources.window(run_date, config.window_days),
         "inputs": [{"uri": p.uri, "partition_date": p.partition_date, "files": p.files} for p in partitions],
-        "input_digest": storage.text_digest(json.dumps([p.files for p in partitions], sort_keys=True)),
+        "input_digest": outputs.text_digest(json.dumps([p.files for p in partitions], sort_keys=True)),
         "counts": dict(sorted(counts.items())),
     }
     return turns, quarantine, summary
@@ -199,26 +198,26 @@ def assign_splits(turns: pd.DataFrame, config: IngestConfig) -> pd.DataFrame:
     bucket = pd.Series(cleaning.split_buckets(list(unique)), index=unique)
     test_cut = 1 - config.test_fraction
     val_cut = test_cut - config.validation_fraction
-    split = pd.Series("train", index=unique)
-    split[bucket >= val_cut] = "validation"
-    split[bucket >= test_cut] = "test"
+    split = pd.Series(table.TRAIN, index=unique)
+    split[bucket >= val_cut] = table.VALIDATION
+    split[bucket >= test_cut] = table.TEST
     turns["split"] = turns["split_key"].map(split)
-    return turns.sort_values(["split", "conversation_id", "turn_index"], ignore_index=True)[COLUMNS]
+    return turns.sort_values(["split", "conversation_id", "turn_index"], ignore_index=True)[table.COLUMNS]
 
 
 def write_partition(turns: pd.DataFrame, quarantine: list[dict], summary: dict, project: ProjectConfig,
                     ctx: RunContext) -> Path:
-    final = storage.partition_dir(project, DATASET, ctx.run_date)
+    final = outputs.partition_dir(project, table.DATASET, ctx.run_date)
     writing = "its scratch directory"  # named in the disk-full error
     try:
-        with storage.atomic_dir(final) as scratch:
-            writing = "turns.parquet"
-            turns.to_parquet(scratch / "turns.parquet", index=False)
-            writing = QUARANTINE
-            with open(scratch / QUARANTINE, "w", encoding="utf-8") as handle:
+        with outputs.atomic_dir(final) as scratch:
+            writing = table.TURNS_FILE
+            turns.to_parquet(scratch / table.TURNS_FILE, index=False)
+            writing = table.QUARANTINE_FILE
+            with open(scratch / table.QUARANTINE_FILE, "w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in quarantine)
-            writing = storage.MANIFEST
-            storage.write_json(scratch / storage.MANIFEST, _manifest(scratch, turns, quarantine, summary, ctx))
+            writing = outputs.MANIFEST
+            outputs.write_json(scratch / outputs.MANIFEST, _manifest(scratch, turns, quarantine, summary, ctx))
             writing = PUBLISHING
     except OSError as error:
         if error.errno not in DISK_FULL:
@@ -230,10 +229,10 @@ def write_partition(turns: pd.DataFrame, quarantine: list[dict], summary: dict, 
 def _manifest(scratch: Path, turns: pd.DataFrame, quarantine: list[dict], summary: dict, ctx: RunContext) -> dict:
     """Written last inside the partition: its presence marks the partition complete."""
     return {
-        "dataset": DATASET,
+        "dataset": table.DATASET,
         "partition_date": ctx.run_date,
-        "files": ["turns.parquet", QUARANTINE],
-        "digest": storage.file_digest([scratch / "turns.parquet"]),
+        "files": [table.TURNS_FILE, table.QUARANTINE_FILE],
+        "digest": outputs.file_digest([scratch / table.TURNS_FILE]),
         "rows": len(turns),
         "rows_per_split": turns["split"].value_counts().sort_index().to_dict(),
         "conversations_per_split": turns.groupby("split")["conversation_id"].nunique().to_dict(),
@@ -267,16 +266,16 @@ def _size(size: float) -> str:
 
 
 def log_summary(output: Path) -> None:
-    manifest = storage.read_manifest(output)
+    manifest = outputs.read_manifest(output)
     mlflow.log_metrics({f"ingest.{k}": v for k, v in manifest["counts"].items()})
     mlflow.log_metrics({f"ingest.rows_{k}": v for k, v in manifest["rows_per_split"].items()})
     mlflow.log_params({"data.partition": str(output), "data.digest": manifest["digest"],
                        "data.input_digest": manifest["input_digest"]})
-    mlflow.log_artifact(str(output / storage.MANIFEST), "data")
+    mlflow.log_artifact(str(output / outputs.MANIFEST), "data")
     if manifest["quarantined"]:
-        mlflow.log_artifact(str(output / QUARANTINE), "data")
-    tracking.log_dataset(output, manifest, context="ingest")
-    tracking.log_to_parent(tags={"data.digest": manifest["digest"], "data.partition": str(output)})
+        mlflow.log_artifact(str(output / table.QUARANTINE_FILE), "data")
+    runs.log_dataset(output, manifest, context="ingest")
+    runs.log_to_parent(tags={"data.digest": manifest["digest"], "data.partition": str(output)})
     log.info("ingested %s turns into %s; %s", manifest["rows"], output, manifest["counts"])
 
 

@@ -8,10 +8,15 @@ evaluation examples), no significant drop beyond a guard's allowance, not a back
 champion's. The decision, every check with its estimate, confidence interval and p-value are tags on the DAG run and
 on the model version; an HTML report is logged beside them.
 
+Another run may move `champion` between this run's evaluate and promote (the nightly beside a backfill). A run that
+may move champion then re-scores: evaluate runs again on the same inputs inside this task (`rescore`, given by the
+CLI), so the gate always compares with the champion it would replace. A run that cannot move champion (a backfill,
+older data) registers its challenger and records its decision against what evaluate scored, and says the champion
+moved. Just before `champion` moves, it is read again: a move meanwhile fails the attempt, and the retry re-scores.
+
 Fails closed: a registry or tracking error fails the task (Airflow retries it) instead of reading as "no champion";
-metric names in the config that the evaluation did not produce are config errors; if `champion` moved since evaluate
-scored it, the task fails (clear evaluate and promote to re-evaluate). A retried task finds the version it
-registered before instead of registering a second one.
+metric names in the config that the evaluation did not produce are config errors. A retried task finds the version
+it registered before instead of registering a second one.
 """
 
 from __future__ import annotations
@@ -19,16 +24,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipeline import evaluation_report, failpoints, registry, serving, significance, storage, tracking
 from pipeline.config import ConfigError, ProjectConfig, RunContext, as_params
-from pipeline.gate import Decision, Evidence, check_metric_names, decide
+from pipeline.data import partitions
+from pipeline.process import failpoints
+from pipeline.promotion import report, significance
+from pipeline.promotion.gate import Decision, Evidence, check_metric_names, decide, order_blocks
+from pipeline.serving import chat_model
+from pipeline.storage import outputs
+from pipeline.tracking import registry, runs
 
 log = logging.getLogger(__name__)
 
@@ -64,34 +75,108 @@ class PromoteConfig:
 
 
 class ChampionMoved(RuntimeError):
-    """`champion` is not the version evaluate scored: the comparison is stale, evaluate must run again."""
+    """`champion` is not the version evaluate scored, and this run could move it: the comparison must be redone."""
 
 
-def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluation: str) -> Path:
-    with tracking.stage_run(project, ctx, "promote"):
+RESCORES = 3  # evaluate runs again at most this often per attempt; then the task fails and Airflow's retry goes on
+
+
+def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluation: str,
+        rescore: Callable[..., object] | None = None) -> Path:
+    failpoints.hit("promote.start", ctx.run_type)  # tests hold one run here while another overtakes it
+    # Before the stage's MLflow run opens: a re-run of evaluate (rescore) opens runs of its own.
+    result = compared_with_current_champion(config, project, ctx, Path(evaluation), rescore)
+    with runs.stage_run(project, ctx, "promote"):
         mlflow.log_params(as_params(config, "promote"))
-        result = json.loads((Path(evaluation) / "evaluation.json").read_text())
         check_metric_names(config, result["scores"])
-        # The digests evaluate scored: the shared partition may have been re-ingested since (pipeline/partitions.py).
-        manifest = {**storage.read_manifest(result["dataset"]), "digest": result["data_digest"],
+        # The digests evaluate scored: the shared partition may have been re-ingested since (pipeline/data/partitions.py).
+        manifest = {**outputs.read_manifest(result["dataset"]), "digest": result["data_digest"],
                     "input_digest": result.get("data_input_digest", "")}
         # The run that logs the model version lists the data it was trained on (the Datasets column of the UI).
-        tracking.log_dataset(Path(result["dataset"]), manifest, context="training")
+        runs.log_dataset(Path(result["dataset"]), manifest, context="training")
         client = MlflowClient()
         champion = registry.champion(client, project.registered_model)  # raises when the registry fails
-        check_champion_unchanged(champion, result, registry.version_for_run(client, project.registered_model, ctx.run_id))
+        incumbent = scored_champion(client, project.registered_model, result, champion)
         evidence = gather_evidence(config, Path(evaluation), manifest, champion)
         candidate = register(client, project, ctx, result, manifest)
-        decision = decide(config, result["scores"], champion, ctx.run_type, evidence)
-        apply(client, project.registered_model, candidate, decision)
-        output = storage.run_dir(project, ctx, "promote")
-        storage.write_json(output / "promotion.json", {"version": candidate.version, **asdict(decision)})
+        decision = against_what_was_scored(decide(config, result["scores"], incumbent, ctx.run_type, evidence),
+                                           incumbent, champion, ctx.run_type)
+        apply(client, project.registered_model, candidate, decision, champion)
+        output = outputs.run_dir(project, ctx, "promote")
+        outputs.write_json(output / outputs.PROMOTION, {"version": candidate.version, **asdict(decision)})
         history = registry.champion_history(client, project.registered_model, config.history)
-        report = evaluation_report.write(output / "evaluation_report.html", Path(evaluation), decision, candidate, history, ctx)
-        mlflow.log_artifact(str(report))
-        tracking.log_artifact_to_parent(report)
+        report_file = report.write(output / outputs.REPORT, Path(evaluation), decision, candidate, history, ctx)
+        mlflow.log_artifact(str(report_file))
+        runs.log_artifact_to_parent(report_file)
         log.info("model version %s: %s", candidate.version, decision.reason)
     return output
+
+
+def compared_with_current_champion(config: PromoteConfig, project: ProjectConfig, ctx: RunContext,
+                                   evaluation: Path, rescore) -> dict:
+    """evaluate's result, once it compares the candidate with the champion as it is now.
+
+    Another run (the nightly beside a backfill) may have moved `champion` since evaluate scored it. A run that may
+    move champion must not decide on that stale comparison: evaluate runs again on the same inputs (`rescore`; the
+    candidate's and the base model's replies come from the generation cache, only the new champion is generated).
+    A run that cannot move champion whatever its scores (a backfill, older data: gate.order_blocks) keeps what it
+    scored, registers its challenger and records its decision against that, saying the champion moved."""
+    runs.connect(project)
+    client, name = MlflowClient(), project.registered_model
+    for _ in range(RESCORES + 1):
+        result = json.loads((evaluation / outputs.EVALUATION).read_text())
+        champion = registry.champion(client, name)  # raises when the registry fails: never "no champion"
+        moved = champion_moved(champion, result, registry.version_for_run(client, name, ctx.run_id))
+        data_end = outputs.read_manifest(result["dataset"]).get("partition_date")
+        if moved is None or order_blocks(config, ctx.run_type, data_end, trained_until(champion)):
+            return result
+        if rescore is None:
+            raise ChampionMoved(f"{moved}: clear the evaluate and promote tasks of this run to compare again")
+        log.warning("%s: evaluate runs again against the current champion", moved)
+        rescore(dataset=partitions.pin(result["dataset"], result["data_digest"]), model=result["model"])
+    raise ChampionMoved(f"{moved}, still, after evaluate ran again {RESCORES} times; the task's retry goes on")
+
+
+def champion_moved(champion, result: dict, own_version) -> str | None:
+    """Why the champion evaluate scored is not the champion now, or None when it is. A retry of this task may find
+    its own version already champion: that is not a move."""
+    if not result.get("champion_checked", "champion" in result["scores"]):
+        return None  # evaluate was told not to score the champion: the gate uses its recorded scores
+    if champion is not None and own_version is not None and champion.version == own_version.version:
+        return None
+    scored, now = result.get("champion_version"), (str(champion.version) if champion else None)
+    return None if scored == now else f"champion is v{now or '-'} but evaluate scored v{scored or '-'}"
+
+
+def trained_until(version) -> str | None:
+    """The last partition date a registered version was trained on (older versions: their logical date)."""
+    return version and (version.tags.get("data.partition_date") or version.tags.get("airflow.logical_date"))
+
+
+def scored_champion(client: MlflowClient, name: str, result: dict, champion):
+    """The champion version evaluate scored: the champion now, unless this run keeps a comparison that the champion
+    has moved past (compared_with_current_champion); None when evaluate found no champion."""
+    if not result.get("champion_checked", "champion" in result["scores"]):
+        return champion
+    scored = result.get("champion_version")
+    if scored == (str(champion.version) if champion else None):
+        return champion
+    return client.get_model_version(name, scored) if scored else None
+
+
+def against_what_was_scored(decision: Decision, incumbent, champion, run_type: str) -> Decision:
+    """A decision judged against a champion that has moved since says so. Only a run that cannot move champion keeps
+    such a comparison (order_blocks); one that would win on it has met a move since it checked: it fails, and the
+    retry compares again."""
+    if (incumbent and incumbent.version) == (champion and champion.version):
+        return decision
+    now = f"v{champion.version}" if champion else "none"
+    if decision.promote:
+        raise ChampionMoved(f"champion moved to {now} after promote compared with {decision.incumbent_name}; a retry "
+                            "of the task compares again")
+    note = (f"judged against what evaluate scored ({decision.incumbent_name}): champion moved to {now} since, and "
+            f"a {run_type} run like this one cannot move it")
+    return replace(decision, reason=f"{decision.reason}; {note}", checks=[*decision.checks, f"NOTE {note}"])
 
 
 def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, result: dict, manifest: dict):
@@ -100,36 +185,23 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
     if existing is not None:  # a retried task: registering again would create a duplicate version
         return existing
     scores = result["scores"]["candidate"]
-    train_config = (Path(result["model"]) / "train_config.json").read_text()
-    tags = {**tracking.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
+    train_config = outputs.train_config(result["model"])
+    tags = {**runs.run_tags(ctx), "data.digest": result["data_digest"], "model.dir": result["model"],
             "data.partition_date": manifest["partition_date"],
             "data.input_digest": result.get("data_input_digest", ""),
-            registry.TRAIN_CONFIG_TAG: json.dumps(json.loads(train_config), sort_keys=True),
+            registry.TRAIN_CONFIG_TAG: json.dumps(train_config, sort_keys=True),
             # lets evaluate reuse this version's cached replies without downloading it (registry.RegisteredWeights)
             **({registry.WEIGHTS_DIGEST_TAG: digest} if (digest := result.get("cache", {}).get(
                 "model_digests", {}).get("candidate")) else {}),
-            "mlflow.parent_run_id": tracking.active_parent_id(),
+            "mlflow.parent_run_id": runs.active_parent_id(),
             # overall metrics, held-out and anchor (the report's history chart reads metric.anchor_*)
             **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k.removeprefix("anchor_")}}
-    info = serving.log_chat_model(result["model"])
+    info = chat_model.log_chat_model(result["model"])
     # The version is created with its tags in one request: a kill between registering and tagging would leave a
     # version that version_for_run cannot find, and the retry would register a duplicate.
     model_version = mlflow.register_model(info.model_uri, name, tags=tags)
     failpoints.hit("promote.registered")  # registered, champion not decided yet (tests kill it here)
     return client.get_model_version(name, model_version.version)
-
-
-def check_champion_unchanged(champion, result: dict, own_version) -> None:
-    """Promote compares with the champion evaluate scored; if another run moved it since, that comparison is void.
-    (A retry of this task may find its own version already champion: that is not a move.)"""
-    if not result.get("champion_checked", "champion" in result["scores"]):
-        return  # evaluate was told not to score the champion: the gate uses its recorded scores
-    if champion is not None and own_version is not None and champion.version == own_version.version:
-        return
-    scored, now = result.get("champion_version"), (str(champion.version) if champion else None)
-    if scored != now:
-        raise ChampionMoved(f"champion is v{now or '-'} but evaluate scored v{scored or '-'}: clear the evaluate and "
-                            "promote tasks of this run to compare with the current champion")
 
 
 def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, champion) -> Evidence:
@@ -139,7 +211,7 @@ def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, cha
     anything is registered.
     """
     sets = {}
-    for name, file in (("held-out", "samples.parquet"), ("anchor", "samples_anchor.parquet")):
+    for name, file in outputs.SAMPLES.items():
         if (evaluation / file).exists():
             table = pd.read_parquet(evaluation / file)
             models = [m for m in ("candidate", "champion", "base") if m in table.columns]
@@ -150,14 +222,20 @@ def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, cha
         if samples is not None and len(samples.models) > 1 and metric in significance.RESAMPLED:
             significance.check_supported(samples, key, config.min_examples)
     weights = {name: significance.resample_weights(len(s), config.resamples, config.seed) for name, s in sets.items()}
-    champion_end = (champion.tags.get("data.partition_date") or champion.tags.get("airflow.logical_date")
-                    if champion is not None else None)
-    return Evidence(sets.get("held-out"), sets.get("anchor"), weights, manifest.get("partition_date"), champion_end)
+    return Evidence(sets.get("held-out"), sets.get("anchor"), weights, manifest.get("partition_date"),
+                    trained_until(champion))
 
 
-def apply(client: MlflowClient, name: str, candidate, decision: Decision) -> None:
+def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared) -> None:
+    """Aliases, tags and descriptions of the decision. `champion` moves only from the version the gate compared with
+    (`compared`): read again just before, so a promotion by another run meanwhile fails this attempt (its retry
+    compares again) instead of being overwritten."""
     client.set_registered_model_alias(name, registry.CHALLENGER, candidate.version)
     if decision.promote:
+        now = registry.champion(client, name)
+        if (now and now.version) != (compared and compared.version):
+            raise ChampionMoved(f"champion moved to v{now.version if now else '-'} while promote compared with "
+                                f"v{compared.version if compared else '-'}; a retry of the task compares again")
         client.set_registered_model_alias(name, registry.CHAMPION, candidate.version)
     tags = {"promotion.decision": "promoted" if decision.promote else "rejected", "promotion.reason": decision.reason,
             "promotion.incumbent": decision.incumbent_name, "promotion.checks": "\n".join(decision.checks),
@@ -173,7 +251,7 @@ def apply(client: MlflowClient, name: str, candidate, decision: Decision) -> Non
     figures = {f"gate/{c['metric']}_{part}": c[part] for c in decision.comparisons for part in ("gain", "low", "high", "p_value")
                if not math.isnan(c[part])}
     mlflow.log_metrics(figures)
-    tracking.log_to_parent(figures, tags={**tags, "promotion.version": str(candidate.version)})
+    runs.log_to_parent(figures, tags={**tags, "promotion.version": str(candidate.version)})
 
 
 MODEL_DESCRIPTION = (

@@ -5,7 +5,7 @@
     python -m pipeline train ... --set train.deepspeed=configs/deepspeed/zero2.json   # DeepSpeed, one process
     torchrun --nproc-per-node 2 -m pipeline train ... --set train.deepspeed=...      # N processes, same command
 
-Loss is on assistant tokens only (see chat_data), computed without the full logits (losses.py). Conversations
+Loss is on assistant tokens only (see chat_format), computed without the full logits (losses.py). Conversations
 are packed into rows of max_seq_length tokens (batching.py) or length-grouped and padded per batch. Checkpoints go
 to the run's train directory; a retried or SIGTERM-ed task resumes from the last one. Only rank 0 logs to MLflow and
 writes the model, in Hugging Face format, to the run's `train/model` directory, which is printed for the next task.
@@ -26,24 +26,15 @@ import transformers
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-from pipeline import (
-    batching,
-    checkpoints,
-    distributed,
-    lean_layers,
-    losses,
-    models,
-    partitions,
-    precision,
-    storage,
-    throughput,
-    tokenization,
-    tracking,
-    tuning,
-)
-from pipeline.chat_trainer import ChatTrainer
 from pipeline.config import ProjectConfig, RunContext, as_params
-from pipeline.train_reporting import StepMetrics, StepProgress
+from pipeline.data import partitions
+from pipeline.model import loading
+from pipeline.storage import outputs
+from pipeline.tracking import runs
+from pipeline.training import checkpoints, distributed, lean_layers, losses, precision, throughput, trainable
+from pipeline.training.reporting import StepMetrics, StepProgress
+from pipeline.training.samples import batching, tokenization
+from pipeline.training.trainer import ChatTrainer
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +101,8 @@ class TrainConfig:
                              "(use its config's bf16 section) nor lean_layers (an autocast saving)")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"peak_tflops must be a positive number of TFLOP/s, got {self.peak_tflops!r}")
-        if self.mode not in tuning.MODES:
-            raise ValueError(f"mode must be one of {tuning.MODES}, got {self.mode!r}")
+        if self.mode not in trainable.MODES:
+            raise ValueError(f"mode must be one of {trainable.MODES}, got {self.mode!r}")
         if self.deepspeed is not None:
             if not Path(self.deepspeed).is_file():
                 raise ValueError(f"deepspeed config {self.deepspeed!r} does not exist")
@@ -128,14 +119,14 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
     """Every rank trains; rank 0 alone restores checkpoints, talks to MLflow and cleans up (the _rank0_ steps)."""
     set_seed(config.seed)
     main = distributed.is_main_process()
-    with tracking.stage_run(project, ctx, "train", enabled=main):
+    with runs.stage_run(project, ctx, "train", enabled=main):
         partition = partitions.read(dataset)  # refuses bytes other than those validate approved
-        tokenizer = models.load_tokenizer(project.base_model)
+        tokenizer = loading.load_tokenizer(project.base_model)
         train_set, train_stats = build_dataset(partition.turns, "train", tokenizer, config)
         val_set, val_stats = build_dataset(partition.turns, "validation", tokenizer, config,
                                            limit=config.max_eval_conversations)
-        model = tuning.prepare(models.load_model(project.base_model), config)
-        output = storage.run_dir(project, ctx, "train")
+        model = trainable.prepare(loading.load_model(project.base_model), config)
+        output = outputs.run_dir(project, ctx, "train")
         trainer, collator = make_trainer(model, tokenizer, train_set, val_set, config, output / "checkpoints")
         mirror = checkpoints.mirror_uri(config.checkpoint_mirror, output)
         if main:
@@ -179,8 +170,8 @@ def _rank0_log_inputs(config, project, trainer, partition, resume, data_stats: d
                        "train.resolved_precision": trainer.precision,
                        "train.resolved_chunked_loss": trainer.chunked_loss,
                        "train.resumed_from": resume.name if resume else "none"})
-    mlflow.log_metrics({**data_stats, **tuning.parameter_counts(trainer.model)})
-    tracking.log_dataset(partition.path, partition.manifest, context="training")
+    mlflow.log_metrics({**data_stats, **trainable.parameter_counts(trainer.model)})
+    runs.log_dataset(partition.path, partition.manifest, context="training")
 
 
 def train_and_validate(trainer, config, stopper, resume, checkpoint_dir: Path):
@@ -195,7 +186,7 @@ def train_and_validate(trainer, config, stopper, resume, checkpoint_dir: Path):
 
 
 def _rank0_log_results_and_clean_up(config, summary: dict, checkpoint_dir: Path, mirror: str | None) -> None:
-    tracking.log_to_parent({"train/loss": summary["train_loss"], "val/loss": summary["val_loss"]})
+    runs.log_to_parent({"train/loss": summary["train_loss"], "val/loss": summary["val_loss"]})
     mlflow.log_metric("train/padding_waste_total", summary["padding_waste"])
     if not config.keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -205,7 +196,7 @@ def _rank0_log_results_and_clean_up(config, summary: dict, checkpoint_dir: Path,
 
 def build_dataset(turns, split, tokenizer, config: TrainConfig, limit: int | None = None) -> tuple[Dataset, dict]:
     """Tokenized (and packed) samples of a split, in batches, from the chat template's layout where it allows
-    (pipeline/tokenization.py; equal to chat_data.tokenize_conversation's)."""
+    (pipeline/training/samples/tokenization.py; equal to chat_format.tokenize_conversation's)."""
     tokenized = tokenization.tokenize_split(turns, split, tokenizer, config.max_seq_length, config.system_prompt,
                                             limit=limit)
     replyless = tokenized.replyless
@@ -308,11 +299,11 @@ def save(trainer, tokenizer, config, project, manifest, final: Path, summary: di
             if config.mode != "lora":
                 trainer.save_model(nowhere)
         return final
-    eot = models.end_of_turn_id(tokenizer)
-    with storage.atomic_dir(final) as scratch:
+    eot = loading.end_of_turn_id(tokenizer)
+    with outputs.atomic_dir(final) as scratch:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if config.mode == "lora":
-            model = tuning.merge_lora(model, scratch / "adapter")
+            model = trainable.merge_lora(model, scratch / "adapter")
         model.generation_config.eos_token_id = eot  # generation stops at the end of the assistant turn
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.config.use_cache = True  # for generation downstream
@@ -321,12 +312,12 @@ def save(trainer, tokenizer, config, project, manifest, final: Path, summary: di
         else:
             trainer.save_model(str(scratch))  # under DeepSpeed this gathers the weights from the engine
         tokenizer.save_pretrained(str(scratch))
-        storage.write_json(scratch / "train_config.json", as_params(config, "train"))
-        storage.write_json(scratch / storage.MANIFEST, {
+        outputs.write_json(scratch / outputs.TRAIN_CONFIG, as_params(config, "train"))
+        outputs.write_json(scratch / outputs.MANIFEST, {
             "base_model": project.base_model, "data_digest": manifest["digest"],
             "data_partition": manifest["partition_date"], "mode": config.mode, **summary,
         })
-    mlflow.log_artifact(str(final / "train_config.json"))
+    mlflow.log_artifact(str(final / outputs.TRAIN_CONFIG))
     if config.mode == "lora":
         mlflow.log_artifacts(str(final / "adapter"), "adapter")
     if config.deepspeed:

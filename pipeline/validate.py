@@ -6,7 +6,7 @@ Every expectation is a named rule that says what it protects (`meta.protects`) a
 `critical` rules raise DataValidationError, so the Airflow task fails and training never starts; `warning` rules
 are logged and tagged on the MLflow run. The GX result (validation.json) and the Data Docs site (HTML) are written
 to the run's outputs and logged to MLflow. Prints the dataset URI it vouched for, pinned to the digest of the bytes
-it checked (pipeline/partitions.py): train and evaluate refuse a partition re-ingested since.
+it checked (pipeline/data/partitions.py): train and evaluate refuse a partition re-ingested since.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pipeline import partitions, storage, tracking
 from pipeline.config import ProjectConfig, RunContext, as_params
+from pipeline.data import partitions, table
+from pipeline.storage import outputs
+from pipeline.tracking import runs
 
 log = logging.getLogger(__name__)
 
 SEVERITIES = ("critical", "warning")
-COLUMNS = ["conversation_id", "turn_index", "role", "text", "language", "source", "split", "partition_date"]
-SPLITS = ["train", "validation", "test"]
 
 
 class DataValidationError(RuntimeError):
@@ -57,16 +57,16 @@ class ValidateConfig:
 
 
 def run(config: ValidateConfig, project: ProjectConfig, ctx: RunContext, dataset: str) -> str:
-    with tracking.stage_run(project, ctx, "validate"):
+    with runs.stage_run(project, ctx, "validate"):
         mlflow.log_params(as_params(config, "validate"))
         partition = partitions.read(dataset)  # the bytes checked are the bytes whose digest is handed on
         manifest, turns = partition.manifest, partition.turns
-        output = storage.run_dir(project, ctx, "validate")
-        with storage.atomic_dir(output) as scratch:
+        output = outputs.run_dir(project, ctx, "validate")
+        with outputs.atomic_dir(output) as scratch:
             results = check(turns, manifest, config, docs_dir=scratch / "data_docs")
             report = summarize(results)
-            storage.write_json(scratch / "validation.json", report)
-        tracking.log_dataset(partition.path, manifest, context="validation")
+            outputs.write_json(scratch / "validation.json", report)
+        runs.log_dataset(partition.path, manifest, context="validation")
         mlflow.log_artifact(str(output / "validation.json"))
         mlflow.log_artifacts(str(output / "data_docs"), "data_docs")
         mlflow.log_metrics({"validate.failed_critical": len(report["critical"]),
@@ -95,17 +95,17 @@ def contract(config: ValidateConfig) -> dict[str, list]:
     return {
         "turns": [
             rule("schema", "training and evaluation index these columns by name",
-                 gxe.ExpectTableColumnsToMatchSet(column_set=COLUMNS, exact_match=True)),
+                 gxe.ExpectTableColumnsToMatchSet(column_set=table.COLUMNS, exact_match=True)),
             rule("turn_index_type", "turn order is sorted numerically; text would sort 10 before 2",
                  gxe.ExpectColumnValuesToBeInTypeList(column="turn_index", type_list=["int32", "int64"])),
             rule("text_type", "the tokenizer needs strings",
                  gxe.ExpectColumnValuesToBeOfType(column="text", type_="str")),
             *[rule(f"not_null.{c}", "a null turn breaks the chat template and the split hash",
-                   gxe.ExpectColumnValuesToNotBeNull(column=c)) for c in COLUMNS],
+                   gxe.ExpectColumnValuesToNotBeNull(column=c)) for c in table.COLUMNS],
             rule("roles", "an unknown role has no place in the chat template",
                  gxe.ExpectColumnValuesToBeInSet(column="role", value_set=config.roles)),
             rule("split_values", "train/evaluate select rows by these names",
-                 gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLITS)),
+                 gxe.ExpectColumnValuesToBeInSet(column="split", value_set=table.SPLITS)),
             rule("languages", "only languages the night is configured for (und: not identified)",
                  gxe.ExpectColumnValuesToBeInSet(column="language", value_set=config.languages)),
             rule("text_length", "empty replies teach silence; huge ones blow the context and memory",
@@ -126,7 +126,7 @@ def contract(config: ValidateConfig) -> dict[str, list]:
         ],
         "splits": [
             rule("all_splits_present", "training needs validation loss; promotion needs a test set",
-                 gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=SPLITS)),
+                 gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=table.SPLITS)),
             rule("min_conversations", "an upstream outage shows up as a tiny split, not as a small night",
                  gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="conversations", column_B="required",
                                                              or_equal=True)),

@@ -37,17 +37,40 @@ def pytest_configure(config):
         CHECKPOINT_DISABLE="1",
         TOKENIZERS_PARALLELISM="false",
     )
-    # Tests choose their own stores; a shell that ran `eval "$(python -m pipeline.stack env)"` must not redirect
+    _absl_handler_on_the_real_stderr()
+    # Tests choose their own stores; a shell that ran `eval "$(python -m ops.stack env)"` must not redirect
     # them to the running stack (the environment wins over a config's tracking_uri).
     for name in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
         os.environ.pop(name, None)
 
 
+def _absl_handler_on_the_real_stderr():
+    """absl (imported by rouge_score, so by the metrics) makes a logging handler when it is imported; the handler
+    keeps the sys.stderr of that moment and closes it when it is closed, unless it is the *current* sys.stderr.
+    Airflow's logging set-up (at `import airflow`, e.g. in a test's dag.test) closes every existing handler. Made
+    while pytest collects (capturing), the handler holds pytest's global capture file; a test that captures with
+    capfd or capsys when Airflow sets up its logging then closes that file, and the pytest process dies at the end
+    ("lost sys.stderr", ValueError: I/O operation on closed file). Made here, before collection, it holds the real
+    stderr, which it never closes."""
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+TIERS = ("unit", "dags", "integration", "slow", "containers", "stack", "faults")
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier of a test is the first folder under tests/ it lives in: tests/unit/data/test_sources.py -> unit."""
+    if not path.resolve().is_relative_to(REPO / "tests"):
+        return None
+    parts = path.resolve().relative_to(REPO / "tests").parts
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+
+
 def pytest_collection_modifyitems(items):
-    # The tier of a test is the folder it lives in (unit/, dags/, integration/, slow/, containers/, stack/, faults/).
     for item in items:
-        tier = Path(item.fspath).parent.name
-        if tier in ("unit", "dags", "integration", "slow", "containers", "stack", "faults"):
+        if tier := tier_of(Path(item.fspath)):
             item.add_marker(getattr(pytest.mark, tier))
 
 
@@ -102,7 +125,7 @@ def s3_server():
     too). Yields a fresh bucket name factory."""
     import boto3
 
-    from pipeline.distributed import free_port
+    from pipeline.process.ports import free_port
 
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],

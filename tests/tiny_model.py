@@ -55,3 +55,20 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def tiny_trainer(model_dir, config, output):
+    """The train stage's Trainer (train.make_trainer) on the tiny model and eight packed one-turn conversations."""
+    from datasets import Dataset
+
+    from pipeline import train
+    from pipeline.model import chat_format, loading
+    from pipeline.training.samples import batching
+
+    tokenizer = loading.load_tokenizer(str(model_dir))
+    samples = [{**chat_format.tokenize_conversation(tokenizer, [{"role": "user", "content": f"hello {i}"},
+                                                                {"role": "assistant", "content": "hi there"}], 64),
+                "conversation_ids": [str(i)]} for i in range(8)]
+    trainer, _ = train.make_trainer(loading.load_model(str(model_dir)), tokenizer,
+                                    Dataset.from_list(batching.pack(samples, 64)), None, config, output)
+    return trainer

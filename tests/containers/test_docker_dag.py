@@ -25,16 +25,10 @@ from podman_engine import (
     remove_volumes,
     require_image,
 )
-from stack_processes import (
-    PORT_KEYS,
-    free_ports,
-    leftovers,
-    port_flags,
-    stack_command,
-    wait_for_scheduled_run,
-)
+from stack_processes import PORT_KEYS, leftovers, port_flags, stack_command, wait_for_scheduled_run
 
-from pipeline import services, stack
+from ops import services, stack
+from pipeline.process.ports import free_ports
 
 pytestmark = pytest.mark.containers
 REPO = Path(__file__).resolve().parents[2]

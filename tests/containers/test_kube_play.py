@@ -45,9 +45,11 @@ from podman_engine import (
     remove_volumes,
     require_image,
 )
-from stack_processes import free_ports, stack_command
+from stack_processes import stack_command
 
-from pipeline import objectstore, stack
+from ops import stack
+from pipeline.process.ports import free_ports
+from pipeline.storage import s3
 
 pytestmark = pytest.mark.containers
 REPO = Path(__file__).resolve().parents[2]
@@ -221,6 +223,6 @@ def _records(pods: list[dict]) -> dict[str, str]:
 
 def _keys(uri: str) -> list[str]:
     try:
-        return objectstore.keys(uri)
-    except objectstore.ObjectStoreError:
+        return s3.keys(uri)
+    except s3.ObjectStoreError:
         return []

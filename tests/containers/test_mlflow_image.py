@@ -12,7 +12,8 @@ import pytest
 import requests
 from podman_engine import podman, require_image
 from postgres_cluster import psql, throwaway_cluster
-from stack_processes import free_ports
+
+from pipeline.process.ports import free_ports
 
 pytestmark = pytest.mark.containers
 MLFLOW_IMAGE = "localhost/chat-retrain-mlflow:3.17.2"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import services
-from pipeline.distributed import free_port
+from ops import services
+from pipeline.process.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DATE = "2026-11-22"
@@ -109,7 +109,7 @@ class Night:
         return (self.home / f"{stage}.log").read_text(errors="replace")
 
     def held_at(self, stage: str, failpoint: str, timeout: float = 300) -> subprocess.Popen:
-        """Start the stage and return once it waits at `failpoint` (pipeline/failpoints.py)."""
+        """Start the stage and return once it waits at `failpoint` (pipeline/process/failpoints.py)."""
         hold = self.home / f"hold-{stage}"
         process = self.start(stage, PIPELINE_FAILPOINT=failpoint, PIPELINE_FAILPOINT_HOLD=str(hold))
         wait_for(lambda: hold.exists(), process, timeout, f"{stage} never reached failpoint {failpoint}")
@@ -140,7 +140,7 @@ def digest(path: Path) -> str:
 
 
 def hidden_leftovers(root: Path) -> list[str]:
-    """Scratch or moved-aside directories of writers (pipeline/storage.py atomic_dir) still lying around."""
+    """Scratch or moved-aside directories of writers (pipeline/storage/outputs.py atomic_dir) still lying around."""
     return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
 
 

@@ -18,7 +18,7 @@ import pytest
 from dialogue_files import write_jsonl
 from harness import tmpfs
 
-from pipeline import storage
+from pipeline.storage import outputs
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
@@ -84,5 +84,5 @@ def test_disk_full_mid_write_fails_clearly_and_keeps_the_previous_partition(tmp_
     retried = ingest(config, second_date)
     assert retried.returncode == 0, retried.stderr[-3000:]
     expected = FIRST + SECOND if second_date == DATE else SECOND
-    assert storage.read_manifest(partition)["counts"]["conversations"] == expected
+    assert outputs.read_manifest(partition)["counts"]["conversations"] == expected
     assert not [p for p in small_disk.rglob(".*")], "scratch directories left after the successful retry"

@@ -26,8 +26,9 @@ from dialogue_files import openai_record, sharegpt_record, write_jsonl, write_pa
 from harness import DATE, FAST_MLFLOW_CLIENT, REPO, digest
 from s3_faults import S3FaultProxy
 
-from pipeline import objectstore, services, storage
-from pipeline.distributed import free_port
+from ops import services
+from pipeline.process.ports import free_port
+from pipeline.storage import outputs, s3
 
 TRANSIENT = ["500", "503", "slowdown", "drop"]
 
@@ -92,14 +93,14 @@ def s3_window(proxy, tmp_path_factory):
                     [openai_record(n, language="zh" if n % 5 == 0 else "en") for n in range(first, first + 100)],
                     raw_lines=[b'{"messages": ['])
     write_parquet(local / "sharegpt" / f"dt={DATE}" / "part-0.parquet", [sharegpt_record(n) for n in range(60)])
-    objectstore.upload_dir(local, f"s3://{bucket}")
+    s3.upload_dir(local, f"s3://{bucket}")
     sources = [{"format": "openai", "uri": f"s3://{bucket}/openai", "partitioned": True},
                {"format": "sharegpt", "uri": f"s3://{bucket}/sharegpt", "partitioned": True, "language": "en"}]
     home = tmp_path_factory.mktemp("undisturbed")
     result = _ingest(home, sources)
     assert result.returncode == 0, result.stderr
     partition = home / "data" / "conversations" / f"dt={DATE}"
-    return SimpleNamespace(bucket=bucket, sources=sources, manifest=storage.read_manifest(partition),
+    return SimpleNamespace(bucket=bucket, sources=sources, manifest=outputs.read_manifest(partition),
                            turns=digest(partition / "turns.parquet"), quarantine=digest(partition / "quarantine.jsonl"))
 
 
@@ -118,13 +119,13 @@ def test_ingest_rides_out_transient_s3_faults_with_the_undisturbed_output(s3_win
     assert result.returncode == 0, result.stderr
     assert faulty_s3.injected(fault) == 2
     partition = tmp_path / "data" / "conversations" / f"dt={DATE}"
-    assert storage.read_manifest(partition) == s3_window.manifest  # same inputs, file digests, counts, digest
+    assert outputs.read_manifest(partition) == s3_window.manifest  # same inputs, file digests, counts, digest
     assert digest(partition / "turns.parquet") == s3_window.turns
     assert digest(partition / "quarantine.jsonl") == s3_window.quarantine
 
 
 @pytest.mark.parametrize("fault, attempts, says", [
-    ("500", objectstore.RETRIES.max_attempts,
+    ("500", s3.RETRIES.max_attempts,
      "An error occurred (InternalError) when calling the GetObject operation (reached max retries: 5)"),
     ("drop", 5, "Max Retries Exceeded (last error: "),  # s3transfer re-reads a cut-off download 5 times
 ])
@@ -147,7 +148,7 @@ def _checkpoint(root: Path, step: int) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     path = root / f"checkpoint-{step}"
     path.mkdir(parents=True)
@@ -161,7 +162,7 @@ def _checkpoint(root: Path, step: int) -> Path:
 
 def _mirror(bucket: str, local: Path, step: int) -> str:
     """Save checkpoint-<step> locally and run the mirror callback on it, as after a Trainer save (rank 0)."""
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     mirror = checkpoints.mirror_uri(f"s3://{bucket}/ckpt", local.parent)
     _checkpoint(local, step)
@@ -175,16 +176,16 @@ def _run_dir(machine: Path) -> Path:
 
 
 def _with_fingerprint(local: Path, mirror: str) -> None:
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     checkpoints.claim(local, {"config": {"lr": 1e-4}})  # what prepare() mirrors before training starts
-    bucket, prefix = objectstore.split(mirror)
-    objectstore.client().upload_file(str(local / checkpoints.FINGERPRINT), bucket, f"{prefix}/{checkpoints.FINGERPRINT}")
+    bucket, prefix = s3.split(mirror)
+    s3.client().upload_file(str(local / checkpoints.FINGERPRINT), bucket, f"{prefix}/{checkpoints.FINGERPRINT}")
 
 
 @pytest.mark.parametrize("fault", TRANSIENT)
 def test_checkpoint_mirror_and_restore_ride_out_transient_s3_faults(faulty_s3, tmp_path, fault):
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     bucket, local = _bucket(), _run_dir(tmp_path / "trainer")
     _with_fingerprint(local, checkpoints.mirror_uri(f"s3://{bucket}/ckpt", local.parent))
@@ -200,33 +201,33 @@ def test_checkpoint_mirror_and_restore_ride_out_transient_s3_faults(faulty_s3, t
 
 
 def test_a_persistent_fault_while_mirroring_fails_the_save_naming_the_object_and_leaves_no_seal(faulty_s3, tmp_path):
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     bucket, local = _bucket(), _run_dir(tmp_path / "trainer")
     _with_fingerprint(local, checkpoints.mirror_uri(f"s3://{bucket}/ckpt", local.parent))
     mirror = _mirror(bucket, local, 5)
     faulty_s3.inject("500", times=None, method="PUT", key=r"checkpoint-10/model\.safetensors")
-    with pytest.raises(objectstore.ObjectStoreError) as failed:
+    with pytest.raises(s3.ObjectStoreError) as failed:
         _mirror(bucket, local, 10)
     assert str(failed.value).startswith(f"S3 upload {mirror}/checkpoint-10/model.safetensors failed: ")
-    assert faulty_s3.injected("500") == objectstore.RETRIES.max_attempts
+    assert faulty_s3.injected("500") == s3.RETRIES.max_attempts
     # The seal goes last, so the cut-off upload is not a checkpoint: a restore elsewhere takes checkpoint-5.
-    prefix = objectstore.split(mirror)[1]
-    assert f"{prefix}/checkpoint-10/{checkpoints.SEAL}" not in objectstore.keys(mirror)
+    prefix = s3.split(mirror)[1]
+    assert f"{prefix}/checkpoint-10/{checkpoints.SEAL}" not in s3.keys(mirror)
     elsewhere = _run_dir(tmp_path / "fresh-pod")
     checkpoints.restore(elsewhere, mirror)
     assert checkpoints.latest_complete(elsewhere) == elsewhere / "checkpoint-5"
 
 
 def test_a_persistent_fault_while_restoring_is_an_error_naming_the_object_with_nothing_restored(faulty_s3, tmp_path):
-    from pipeline import checkpoints
+    from pipeline.training import checkpoints
 
     bucket, local = _bucket(), _run_dir(tmp_path / "trainer")
     _with_fingerprint(local, checkpoints.mirror_uri(f"s3://{bucket}/ckpt", local.parent))
     mirror = _mirror(bucket, local, 10)
     faulty_s3.inject("drop", times=None, method="GET", key=r"checkpoint-10/model\.safetensors")
     elsewhere = _run_dir(tmp_path / "fresh-pod")
-    with pytest.raises(objectstore.ObjectStoreError) as failed:
+    with pytest.raises(s3.ObjectStoreError) as failed:
         checkpoints.restore(elsewhere, mirror)
     assert str(failed.value).startswith(f"S3 download {mirror}/checkpoint-10/model.safetensors failed: ")
     assert _files(elsewhere) == set()  # no half-restored checkpoint, no .restoring scratch
@@ -237,12 +238,12 @@ def test_a_persistent_fault_while_restoring_is_an_error_naming_the_object_with_n
 @pytest.fixture(scope="module")
 def artifact_server(proxy, tmp_path_factory):
     """`mlflow server --artifacts-destination s3://...` whose S3 client goes through the proxy, with the retries
-    objectstore.retry_env() gives it (MLflow's S3 client takes them from the standard AWS variables)."""
+    s3.retry_env() gives it (MLflow's S3 client takes them from the standard AWS variables)."""
     home, port, bucket = tmp_path_factory.mktemp("mlflow-server"), free_port(), _bucket()
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--serve-artifacts",
                "--artifacts-destination", f"s3://{bucket}/mlflow"]
-    env = {**os.environ, **objectstore.retry_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **s3.retry_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(home / "server.log", "ab") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
@@ -266,7 +267,7 @@ def _artifact_keys(server, experiment: str) -> dict[str, str]:
     from mlflow.tracking import MlflowClient
 
     experiment_id = MlflowClient(server.url).get_experiment_by_name(experiment).experiment_id
-    found = objectstore.keys(f"s3://{server.bucket}/mlflow/{experiment_id}")
+    found = s3.keys(f"s3://{server.bucket}/mlflow/{experiment_id}")
     return {key.split("/artifacts/", 1)[1]: key for key in found}
 
 
@@ -280,7 +281,7 @@ def test_artifacts_proxied_to_s3_ride_out_transient_faults(artifact_server, faul
     assert set(stored) == {"data/manifest.json", "data/quarantine.jsonl"}
     body = boto3.client("s3").get_object(Bucket=artifact_server.bucket, Key=stored["data/manifest.json"])["Body"]
     partition = tmp_path / "data" / "conversations" / f"dt={DATE}"
-    assert body.read() == (partition / storage.MANIFEST).read_bytes()
+    assert body.read() == (partition / outputs.MANIFEST).read_bytes()
 
 
 def test_a_persistent_fault_on_an_artifact_fails_the_stage_naming_the_artifact(artifact_server, faulty_s3, tmp_path):
@@ -296,8 +297,8 @@ def test_a_persistent_fault_on_an_artifact_fails_the_stage_naming_the_artifact(a
             f"{experiment.experiment_id}/{run.info.run_id}/artifacts/data/manifest.json failed") in result.stderr
     s3_key = f"{artifact_server.bucket}/mlflow/{experiment.experiment_id}/{run.info.run_id}/artifacts/data/manifest.json"
     assert (f"to {s3_key}: An error occurred (InternalError) when calling the PutObject operation "
-            f"(reached max retries: {objectstore.RETRIES.max_attempts - 1})") in artifact_server.log.read_text()
-    assert faulty_s3.injected("500") == objectstore.RETRIES.max_attempts  # retry_env() reached MLflow's S3 client
+            f"(reached max retries: {s3.RETRIES.max_attempts - 1})") in artifact_server.log.read_text()
+    assert faulty_s3.injected("500") == s3.RETRIES.max_attempts  # retry_env() reached MLflow's S3 client
     assert run.info.status == "FAILED" and "data/manifest.json" in run.data.tags["failure.error"]
     assert "data/manifest.json" not in _artifact_keys(artifact_server, tmp_path.name)  # no partial object
 
@@ -307,15 +308,15 @@ def test_artifacts_written_straight_to_s3_are_retried_and_a_persistent_fault_nam
     bucket = _bucket()
     source = write_jsonl(tmp_path / "input" / "chats.jsonl", [openai_record(n) for n in range(40)])
     partition = tmp_path / "data" / "conversations" / f"dt={DATE}"
-    env = objectstore.retry_env()  # what the task environment should carry for MLflow's S3 client
+    env = s3.retry_env()  # what the task environment should carry for MLflow's S3 client
     faulty_s3.inject("slowdown", times=2, method="PUT", key=r"/data/manifest\.json")
     result = _ingest(tmp_path, [{"format": "openai", "uri": str(source)}], env=env, artifact_root=f"s3://{bucket}/direct")
     assert result.returncode == 0, result.stderr
-    [key] = [k for k in objectstore.keys(f"s3://{bucket}/direct") if k.endswith("/data/manifest.json")]
+    [key] = [k for k in s3.keys(f"s3://{bucket}/direct") if k.endswith("/data/manifest.json")]
     assert boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read() == (partition / "manifest.json").read_bytes()
     faulty_s3.inject("500", times=None, method="PUT", key=r"/data/manifest\.json")
     result = _ingest(tmp_path, [{"format": "openai", "uri": str(source)}], env=env, artifact_root=f"s3://{bucket}/direct")
     assert result.returncode == 1
     assert f"ingest failed: Failed to upload {partition}/manifest.json to {bucket}/direct/" in result.stderr
     assert "/artifacts/data/manifest.json: An error occurred (InternalError) when calling the PutObject" in result.stderr
-    assert faulty_s3.injected("slowdown") == 2 and faulty_s3.injected("500") == objectstore.RETRIES.max_attempts
+    assert faulty_s3.injected("slowdown") == 2 and faulty_s3.injected("500") == s3.RETRIES.max_attempts

@@ -15,7 +15,7 @@ import pytest
 from harness import Night, TrackingServer, digest, hidden_leftovers, kill9, wait_for
 from mlflow.tracking import MlflowClient
 
-from pipeline import partitions
+from pipeline.data import partitions
 
 pytestmark = pytest.mark.timeout(1800)
 STAGES = ("ingest", "validate", "train", "evaluate", "promote")

@@ -1,4 +1,4 @@
-"""A real Airflow 3 backfill (`python -m pipeline.backfill`, what `make backfill` runs): `airflow backfill create`
+"""A real Airflow 3 backfill (`python -m ops.backfill`, what `make backfill` runs): `airflow backfill create`
 plus a scheduler and an api-server started for it and stopped after. Two dates -> two partitions, two
 backfill DAG runs in MLflow, and the champion alias never moves. Its progress comes from the api-server's REST
 API: backfill runs of the asked range only, every page, and a timeout that names the unfinished dates."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import backfill, services
+from ops import backfill, services
 
 DATES = ["2026-11-01", "2026-11-02"]  # two dates run at once (--max-active-runs 2); each trains in turn (pool)
 
@@ -18,7 +18,7 @@ DATES = ["2026-11-01", "2026-11-02"]  # two dates run at once (--max-active-runs
 @pytest.mark.timeout(900)
 def test_backfill_two_dates(airflow_db, make_config, tmp_path):
     config = make_config()
-    result = subprocess.run([sys.executable, "-m", "pipeline.backfill", "--start", DATES[0], "--end", DATES[-1],
+    result = subprocess.run([sys.executable, "-m", "ops.backfill", "--start", DATES[0], "--end", DATES[-1],
                              "--config", str(config), "--timeout", "780"], capture_output=True, text=True, timeout=840)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.split() == [item for date in DATES for item in (date, "success")]

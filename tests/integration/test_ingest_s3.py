@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 from dialogue_files import openai_record, sharegpt_record, write_hf_dataset, write_jsonl, write_parquet
 
-from pipeline import objectstore, storage
+from pipeline.storage import outputs, s3
 
 
 def _stage(config: Path, stage: str, run_date: str, *extra: str) -> subprocess.CompletedProcess:
@@ -28,7 +28,7 @@ def test_window_of_s3_partitions_in_three_formats(s3_server, make_config, tmp_pa
         write_jsonl(local / "openai" / f"dt={day}" / "chats.jsonl", records, raw_lines=[b'{"messages": ['])
     write_parquet(local / "sharegpt" / "dt=2026-11-22" / "part-0.parquet", [sharegpt_record(n) for n in range(60)])
     write_hf_dataset(local / "hf" / "dt=2026-11-22" / "saved", [openai_record(n, turns=4) for n in range(500, 560)])
-    objectstore.upload_dir(local, f"s3://{bucket}")
+    s3.upload_dir(local, f"s3://{bucket}")
 
     config = make_config(
         ingest={"window_days": 2, "sources": [
@@ -41,7 +41,7 @@ def test_window_of_s3_partitions_in_three_formats(s3_server, make_config, tmp_pa
     ingested = _stage(config, "ingest", "2026-11-22")
     assert ingested.returncode == 0, ingested.stderr
     dataset = Path(ingested.stdout.strip().splitlines()[-1])
-    manifest = storage.read_manifest(dataset)
+    manifest = outputs.read_manifest(dataset)
     assert [(p["uri"], p["partition_date"]) for p in manifest["inputs"]] == [
         (f"s3://{bucket}/openai/dt=2026-11-22", "2026-11-22"), (f"s3://{bucket}/openai/dt=2026-11-21", "2026-11-21"),
         (f"s3://{bucket}/sharegpt/dt=2026-11-22", "2026-11-22"), (f"s3://{bucket}/hf/dt=2026-11-22", "2026-11-22")]
@@ -54,7 +54,7 @@ def test_window_of_s3_partitions_in_three_formats(s3_server, make_config, tmp_pa
     assert f"s3://{bucket}/hf/dt=2026-11-22/saved" in set(turns["source"])
 
     rerun = _stage(config, "ingest", "2026-11-22")
-    assert rerun.returncode == 0 and storage.read_manifest(dataset) == manifest  # idempotent
+    assert rerun.returncode == 0 and outputs.read_manifest(dataset) == manifest  # idempotent
 
     validated = _stage(config, "validate", "2026-11-22", "--dataset", str(dataset))
     assert validated.returncode == 0, validated.stderr

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import storage
 from pipeline.config import ProjectConfig, RunContext
+from pipeline.storage import outputs
 
 REPO = Path(__file__).resolve().parents[2]
 LOGICAL_DATE = datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC)
@@ -69,7 +69,7 @@ def test_nightly_run_registers_a_model_with_metrics(airflow_db, make_config, tmp
     # which does not beat the champion (a tie), so the champion stays.
     second_run, states = run_dag(config, LOGICAL_DATE + datetime.timedelta(days=1))
     assert set(states.values()) == {"success"}
-    evaluate_dir = storage.run_dir(ProjectConfig(runs_root=str(tmp_path / "runs")),
+    evaluate_dir = outputs.run_dir(ProjectConfig(runs_root=str(tmp_path / "runs")),
                                    RunContext("2026-11-23", second_run.run_id, "nightly_chat_retrain"), "evaluate")
     evaluation = json.loads((evaluate_dir / "evaluation.json").read_text())
     assert set(evaluation["scores"]) == {"candidate", "champion", "base"} and evaluation["champion_version"] == "1"

@@ -1,5 +1,5 @@
-"""The champion served: the tiny model logged by serving.log_chat_model (models-from-code, no pickle), served by the
-real `mlflow models serve --env-manager local` through `python -m pipeline.serving` (what `make serve` runs), and
+"""The champion served: the tiny model logged by chat_model.log_chat_model (models-from-code, no pickle), served by the
+real `mlflow models serve --env-manager local` through `python -m pipeline.serving.server` (what `make serve` runs), and
 asked a multi-turn question over HTTP, directly and through the chat REPL of `make chat`."""
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import chat, generation, models, registry, serving, tracking
+from ops import chat
 from pipeline.config import load_project
-from pipeline.distributed import free_port
+from pipeline.model import generation, loading
+from pipeline.process.ports import free_port
+from pipeline.serving import chat_model, server
+from pipeline.tracking import registry, runs
 
 REPO = Path(__file__).resolve().parents[2]
 CONVERSATION = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi, how are you?"},
@@ -32,13 +35,13 @@ def weights(tiny_model_dir, tmp_path) -> Path:
     """The tiny model with larger random weights (it then talks instead of stopping at once), in a directory not
     named `model`, and the train_config.json that training writes beside the weights."""
     torch.manual_seed(0)
-    model = models.load_model(str(tiny_model_dir))
+    model = loading.load_model(str(tiny_model_dir))
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0, 0.3)
     out = tmp_path / "trained-weights"
     model.save_pretrained(out)
-    models.load_tokenizer(str(tiny_model_dir)).save_pretrained(out)
+    loading.load_tokenizer(str(tiny_model_dir)).save_pretrained(out)
     (out / "train_config.json").write_text(json.dumps({"train.system_prompt": "You are a helpful chatbot."}))
     return out
 
@@ -47,16 +50,19 @@ def weights(tiny_model_dir, tmp_path) -> Path:
 def test_champion_is_served_over_http(make_config, weights, tmp_path, capsys, monkeypatch):
     config = make_config()
     project = load_project(config)
-    assert serving.main(["--config", str(config), "--port", "1"]) == 1  # nothing to serve yet: says so, fails
+    assert server.main(["--config", str(config), "--port", "1"]) == 1  # nothing to serve yet: says so, fails
     assert "no champion yet" in capsys.readouterr().err
 
-    tracking.connect(project)
-    info = serving.log_chat_model(str(weights), project.registered_model)
+    runs.connect(project)
+    info = chat_model.log_chat_model(str(weights), project.registered_model)
     client = MlflowClient()
     client.set_registered_model_alias(project.registered_model, registry.CHAMPION, info.registered_model_version)
     logged = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "logged")))
     assert mlflow.models.Model.load(str(logged)).signature.params is not None
     assert not list(logged.rglob("python_model.pkl"))  # source code, not a pickle
+    # the whole package travels with the model: loading it imports pipeline.model.*, not only pipeline.serving
+    assert {"model", "serving", "data"} <= {p.name for p in (logged / "code" / "pipeline").iterdir()}
+    assert not (logged / "code" / "ops").exists()  # operations tools are not part of the model
     requirements = (logged / "requirements.txt").read_text()
     assert "torch==" in requirements and "+cpu" not in requirements  # installable from PyPI
     # evaluate scores the champion from these weights
@@ -67,13 +73,13 @@ def test_champion_is_served_over_http(make_config, weights, tmp_path, capsys, mo
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.serving", "--config", str(config), "--port", str(port)],
-                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.serving.server", "--config", str(config), "--port", str(port)],
+                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_ping(url, server, tmp_path / "serve.log")
+        wait_for_ping(url, process, tmp_path / "serve.log")
         short = post(url, {"messages": CONVERSATION, "max_new_tokens": 2})[0]
-        tokenizer = models.load_tokenizer(str(weights))
-        model = models.load_model(str(weights))
+        tokenizer = loading.load_tokenizer(str(weights))
+        model = loading.load_model(str(weights))
         expected = generation.generate_replies(model, tokenizer, [CONVERSATION], "You are a helpful chatbot.",
                                                max_new_tokens=2)
         assert isinstance(short, str) and short == expected[0]  # the trained system prompt, greedy, 2 tokens
@@ -89,15 +95,15 @@ def test_champion_is_served_over_http(make_config, weights, tmp_path, capsys, mo
         assert [len(messages) for messages in sent] == [1, 3, 1]  # the history is kept, then reset
         assert capsys.readouterr().out.count("bot> ") == 3
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
-        server.wait(timeout=30)
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        process.wait(timeout=30)
         log.close()
 
 
-def wait_for_ping(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+def wait_for_ping(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+        assert process.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
         try:
             with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
                 if response.status == 200:

@@ -15,8 +15,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline import throughput
-from pipeline.distributed import free_port
+from pipeline.process.ports import free_port
+from pipeline.training import throughput
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,10 +58,10 @@ def test_train_stage_saves_a_loadable_model(make_config, dataset, settings):
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["global_step"] == 6 and manifest["train_loss"] > 0
     assert manifest["padding_waste"] < 0.10  # packed rows: almost every position is a real token
-    from pipeline import models
+    from pipeline.model import loading
 
-    model = models.load_model(str(model_dir))
-    assert model.generation_config.eos_token_id == models.end_of_turn_id(models.load_tokenizer(str(model_dir)))
+    model = loading.load_model(str(model_dir))
+    assert model.generation_config.eos_token_id == loading.end_of_turn_id(loading.load_tokenizer(str(model_dir)))
     assert model.config.use_cache  # off while training, back on for generation
     (run,) = train_runs(config)
     metrics = run.data.metrics
@@ -76,7 +76,8 @@ def test_train_stage_saves_a_loadable_model(make_config, dataset, settings):
         assert "train/mfu" not in metrics
     assert 0.3 < metrics["train/peak_rss_gb"] < 64  # the process holds the model and its optimizer state
     assert run.data.params["train.resumed_from"] == "none" and run.data.params["train.seed"] == "42"
-    from pipeline import allocator  # the stage command re-executed itself on tcmalloc where it is installed
+    # the stage command re-executed itself on tcmalloc where it is installed
+    from pipeline.process import allocator
 
     assert run.data.tags["pipeline.allocator"] == ("tcmalloc" if allocator.find() else "system")
     if "precision" in settings:  # bf16 weights, moments and gradients: what was asked is what ran
@@ -86,12 +87,12 @@ def test_train_stage_saves_a_loadable_model(make_config, dataset, settings):
 
 @pytest.mark.timeout(900)
 def test_lora_and_freeze_modes_train_and_save_plain_weights(make_config, dataset):
-    from pipeline import models
+    from pipeline.model import loading
 
     for mode, extra in (("lora", {"lora_r": 4, "learning_rate": 5e-3}), ("freeze", {"trainable_top_layers": 1})):
         config = make_config(train={"max_steps": 4, "mode": mode, **extra})
         model_dir = stage("train", config, "--dataset", str(dataset), run_id=f"mode-{mode}")
-        model = models.load_model(str(model_dir))  # plain Hugging Face weights either way
+        model = loading.load_model(str(model_dir))  # plain Hugging Face weights either way
         assert not any("lora_" in name for name, _ in model.named_parameters())
         run = next(r for r in train_runs(config) if r.data.tags["airflow.run_id"] == f"mode-{mode}")
         assert 0 < run.data.metrics["model/trainable_fraction"] < 1

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import chat_data, generation, models
 from pipeline.config import ProjectConfig
+from pipeline.model import chat_format, generation, loading
 
 SMOLLM2 = ProjectConfig().base_model
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return models.load_tokenizer(SMOLLM2), models.load_model(SMOLLM2)
+    return loading.load_tokenizer(SMOLLM2), loading.load_model(SMOLLM2)
 
 
 def test_gguf_loads_as_a_trainable_model_with_the_chat_template(smollm2):
@@ -23,14 +23,14 @@ def test_gguf_loads_as_a_trainable_model_with_the_chat_template(smollm2):
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
     assert not getattr(model, "is_quantized", False) and model.hf_quantizer is None
     assert all(p.requires_grad for p in model.parameters())
-    assert tokenizer.pad_token_id == tokenizer.eos_token_id == models.end_of_turn_id(tokenizer)  # the pitfall
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == loading.end_of_turn_id(tokenizer)  # the pitfall
 
 
 def test_assistant_labels_on_the_real_tokenizer(smollm2):
     tokenizer, _ = smollm2
     dialogue = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                 {"role": "user", "content": "你好吗?"}, {"role": "assistant", "content": "很好，谢谢."}]
-    encoded = chat_data.tokenize_conversation(tokenizer, dialogue, 256)
+    encoded = chat_format.tokenize_conversation(tokenizer, dialogue, 256)
     learned = tokenizer.decode([t for t, label in zip(encoded["input_ids"], encoded["labels"], strict=True)
                                 if label != -100])
     assert learned == "Hello!<|im_end|>很好，谢谢.<|im_end|>"

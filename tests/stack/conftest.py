@@ -1,4 +1,4 @@
-"""The `nightly_stack` fixture: `python -m pipeline.stack up` in a temporary home on free ports, then the
+"""The `nightly_stack` fixture: `python -m ops.stack up` in a temporary home on free ports, then the
 scheduler's own run of the nightly DAG on the tiny model, awaited through Airflow's REST API.
 
     .venv/bin/python -m pytest -m stack tests          # ~3-4 min on 2 cores (up ~50 s, the scheduled run ~2 min)
@@ -18,16 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack_processes import (
-    PORT_KEYS,
-    free_ports,
-    leftovers,
-    port_flags,
-    stack_command,
-    wait_for_scheduled_run,
-)
+from stack_processes import PORT_KEYS, leftovers, port_flags, stack_command, wait_for_scheduled_run
 
-from pipeline import stack
+from ops import stack
+from pipeline.process.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "nightly_chat_retrain"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from stack_processes import free_ports
+from pipeline.process.ports import free_ports
 
 
 def psql(address: str, sql: str, database: str = "postgres") -> str:

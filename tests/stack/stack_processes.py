@@ -1,4 +1,4 @@
-"""Helpers of the stack tests: run `python -m pipeline.stack`, pick free ports, find processes left behind."""
+"""Helpers of the stack tests: run `python -m ops.stack`, pick free ports, find processes left behind."""
 
 from __future__ import annotations
 
@@ -8,24 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import services
+from ops import services
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_KEYS = ("s3_port", "mlflow_port", "airflow_port", "worker_log_port", "triggerer_log_port")
 
 
 def stack_command(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.stack", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ops.stack", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=REPO)
-
-
-def free_ports(count: int) -> list[int]:
-    from pipeline.distributed import free_port
-
-    ports: set[int] = set()
-    while len(ports) < count:
-        ports.add(free_port())
-    return sorted(ports)
 
 
 def port_flags(ports: list[int]) -> list[str]:

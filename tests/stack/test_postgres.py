@@ -18,14 +18,9 @@ from datetime import datetime
 
 import pytest
 from postgres_cluster import psql, throwaway_cluster
-from stack_processes import (
-    PORT_KEYS,
-    free_ports,
-    leftovers,
-    port_flags,
-    stack_command,
-    wait_for_scheduled_run,
-)
+from stack_processes import PORT_KEYS, leftovers, port_flags, stack_command, wait_for_scheduled_run
+
+from pipeline.process.ports import free_ports
 
 pytestmark = pytest.mark.postgres
 DAG_ID = "nightly_chat_retrain"

@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import mlflow
 from mlflow.tracking import MlflowClient
-from stack_processes import free_ports, leftovers, port_flags, stack_command
+from stack_processes import leftovers, port_flags, stack_command
 
-from pipeline import services, stack
+from ops import services, stack
+from pipeline.process.ports import free_ports
 
 
 def test_the_scheduler_ran_the_latest_complete_day_by_itself(nightly_stack):

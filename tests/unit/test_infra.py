@@ -10,8 +10,8 @@ from pathlib import Path
 import hcl2
 import pytest
 import yaml
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "infra" / "terraform"
 
 

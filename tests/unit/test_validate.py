@@ -6,11 +6,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from paths import CORPUS
 
-from pipeline import ingest, storage, validate
+from pipeline import ingest, validate
 from pipeline.config import ProjectConfig, RunContext
+from pipeline.storage import outputs
 
-CORPUS = Path(__file__).parents[1] / "data" / "corpus"
 # The test corpus is tiny and deliberately dirty: 2 of its 10 entries are rejected, 1 is a duplicate.
 LENIENT = validate.ValidateConfig(min_conversations={"train": 1}, max_duplicate_ratio=0.5, max_quarantine_ratio=0.25)
 
@@ -32,7 +33,7 @@ def turns(partition):
 
 @pytest.fixture
 def manifest(partition):
-    return storage.read_manifest(partition[1])
+    return outputs.read_manifest(partition[1])
 
 
 def broken(frame, manifest, config=LENIENT):
@@ -89,10 +90,10 @@ def test_ratio_rules_soft_by_default_and_configurable(turns, manifest):
 def test_stage_writes_result_and_data_docs_and_fails_on_critical(partition, tmp_path):
     project, dataset = partition
     ctx = RunContext("2026-11-22", "validate-ok")
-    # The URI handed on is pinned to the digest of the bytes validated (pipeline/partitions.py).
-    digest = storage.file_digest([Path(dataset) / "turns.parquet"])
+    # The URI handed on is pinned to the digest of the bytes validated (pipeline/data/partitions.py).
+    digest = outputs.file_digest([Path(dataset) / "turns.parquet"])
     assert validate.run(LENIENT, project, ctx, str(dataset)) == f"{dataset}#sha256={digest}"
-    output = storage.run_dir(project, ctx, "validate")
+    output = outputs.run_dir(project, ctx, "validate")
     assert (output / "data_docs" / "index.html").is_file()
     assert list((output / "data_docs" / "validations").rglob("*.html"))
     assert not list((output / "data_docs" / "static" / "images").glob("*.gif"))  # 3.4 MB of GX tutorial GIFs

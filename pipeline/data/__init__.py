@@ -1,0 +1,1 @@
+"""Dialogue data: where conversations come from, how they are cleaned, the table they become, its partitions."""

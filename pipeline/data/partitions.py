@@ -1,0 +1,68 @@
+"""A run trains and evaluates on exactly the partition validate approved: the URI carries the digest of its bytes.
+
+    data/conversations/dt=2026-11-22                      what ingest wrote (the shared, dated partition)
+    data/conversations/dt=2026-11-22#sha256=<64 hex>     what ingest and validate hand on (their XCom)
+
+The partition is shared by every run of its date: a backfill, a manual rerun or late data can re-ingest it between
+this run's validate and its train. So each stage reads turns.parquet once into memory, hashes those very bytes and
+parses them; a pinned digest that differs stops the stage with both digests named, before anything is trained or
+scored. An unpinned URI (a stage run by hand) is read as it is, still checked against its own manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.data import table
+from pipeline.storage import outputs
+
+PIN = "#sha256="
+
+
+class PartitionChanged(RuntimeError):
+    """The partition's bytes are not the ones the upstream stage checked; the message names both digests."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    path: Path
+    turns: pd.DataFrame
+    manifest: dict
+    digest: str  # sha256 of turns.parquet as read
+
+    @property
+    def uri(self) -> str:
+        return pin(self.path, self.digest)
+
+
+def pin(path: str | Path, digest: str) -> str:
+    return f"{path}{PIN}{digest}"
+
+
+def unpin(uri: str) -> tuple[Path, str | None]:
+    """(partition directory, pinned digest or None)."""
+    path, _, digest = str(uri).partition(PIN)
+    return Path(path), digest or None
+
+
+def read(uri: str) -> Partition:
+    """The partition's turns, from bytes whose digest matches the pin (if any) and the partition's own manifest."""
+    path, pinned = unpin(uri)
+    manifest = outputs.read_manifest(path)
+    data = (path / table.TURNS_FILE).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if pinned is not None and digest != pinned:
+        raise PartitionChanged(
+            f"{path / table.TURNS_FILE}: sha256 {digest}, but the upstream stage checked sha256 {pinned}; the partition was "
+            "re-ingested since (a backfill, a manual rerun or late data). Rule: a run trains and evaluates only on "
+            "the bytes its validate approved; rerun this DAG run from ingest.")
+    if digest != manifest.get("digest"):
+        raise PartitionChanged(
+            f"{path / table.TURNS_FILE}: sha256 {digest}, but {path / outputs.MANIFEST} says {manifest.get('digest')}; the "
+            "partition changed while it was being read (a concurrent ingest): retry the task.")
+    return Partition(path, pd.read_parquet(io.BytesIO(data)), manifest, digest)

@@ -1,0 +1,1 @@
+"""The promote stage's helpers: the gate, its paired bootstrap, and the HTML evaluation report."""

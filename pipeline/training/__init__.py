@@ -1,0 +1,1 @@
+"""The train stage's helpers: the Trainer, which parameters train, precision, memory savers, checkpoints, reports."""

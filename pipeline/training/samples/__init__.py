@@ -1,0 +1,1 @@
+"""Training samples: conversations -> token ids with assistant-only labels -> packed or padded batches."""
