@@ -100,7 +100,7 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
         evidence = gather_evidence(config, Path(evaluation), manifest, champion)
         candidate = register(client, project, ctx, result, manifest)
         decision = against_what_was_scored(decide(config, result["scores"], incumbent, ctx.run_type, evidence),
-                                           incumbent, champion, ctx.run_type)
+                                           incumbent, champion)
         apply(client, project.registered_model, candidate, decision, champion)
         output = outputs.run_dir(project, ctx, "promote")
         outputs.write_json(output / outputs.PROMOTION, {"version": candidate.version, **asdict(decision)})
@@ -164,7 +164,7 @@ def scored_champion(client: MlflowClient, name: str, result: dict, champion):
     return client.get_model_version(name, scored) if scored else None
 
 
-def against_what_was_scored(decision: Decision, incumbent, champion, run_type: str) -> Decision:
+def against_what_was_scored(decision: Decision, incumbent, champion) -> Decision:
     """A decision judged against a champion that has moved since says so. Only a run that cannot move champion keeps
     such a comparison (order_blocks); one that would win on it has met a move since it checked: it fails, and the
     retry compares again."""
@@ -175,7 +175,7 @@ def against_what_was_scored(decision: Decision, incumbent, champion, run_type: s
         raise ChampionMoved(f"champion moved to {now} after promote compared with {decision.incumbent_name}; a retry "
                             "of the task compares again")
     note = (f"judged against what evaluate scored ({decision.incumbent_name}): champion moved to {now} since, and "
-            f"a {run_type} run like this one cannot move it")
+            "this run does not move it")
     return replace(decision, reason=f"{decision.reason}; {note}", checks=[*decision.checks, f"NOTE {note}"])
 
 

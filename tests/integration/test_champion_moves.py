@@ -54,8 +54,9 @@ def test_a_moved_champion_is_rescored_by_a_run_that_may_move_it_and_recorded_by_
     recorded = version_of(client, "backfill")
     assert recorded.tags["promotion.decision"] == "rejected"
     assert recorded.tags["promotion.incumbent"] == "base model"
-    assert "judged against what evaluate scored (base model): champion moved to v1 since, and a backfill run like " \
-           "this one cannot move it" in recorded.tags["promotion.reason"]
+    assert "judged against what evaluate scored (base model): champion moved to v1 since, and this run does not " \
+           "move it" in recorded.tags["promotion.reason"]
+    assert "FAIL run type: backfill runs do not move champion" in recorded.tags["promotion.checks"]
     assert json.loads((Path(backfill) / outputs.EVALUATION).read_text())["champion_version"] is None
 
     # The night may move champion: evaluate runs again inside promote and scores champion v1 on the same examples.
