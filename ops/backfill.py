@@ -85,6 +85,7 @@ def _environment() -> dict[str, str]:
     """The embedded Airflow settings, plus what the api-server and the scheduler's task runners must share."""
     env, port = dict(os.environ), free_port()
     env.setdefault("AIRFLOW_HOME", str(Path.cwd() / ".airflow"))
+    env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", services.airflow_sqlite(env["AIRFLOW_HOME"]))
     env.update({
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__HOST": "127.0.0.1",

@@ -187,3 +187,14 @@ def tail(path: str | Path, lines: int = 30) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+# SQLite's default busy timeout is 5 s. On 2 cores, with training running, the scheduler, dag-processor and
+# api-server can keep each other waiting longer than that; a REST call (a backfill being created) then fails with
+# HTTP 500 from a commit in Airflow's audit-log dependency, which is outside the endpoint's own 503 handling.
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def airflow_sqlite(airflow_home: str | Path) -> str:
+    """Airflow's default SQLite metadata DB in `airflow_home`, waiting for a lock up to SQLITE_BUSY_TIMEOUT_S."""
+    return f"sqlite:///{Path(airflow_home).resolve() / 'airflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}"

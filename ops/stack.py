@@ -214,8 +214,7 @@ def _service_env(home: Path, config: StackConfig, ports: dict, keys: dict) -> di
            "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"], "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports.get("scheduler", config.worker_log_port)),
            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.get("triggerer", config.triggerer_log_port))}
-    if config.airflow_db:
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = config.airflow_db
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = config.airflow_db or services.airflow_sqlite(home / ".airflow")
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)  # a pytest session's setting must not leak into services
     for key, value in s3.retry_env().items():  # the MLflow server's own S3 client retries like ours
         env.setdefault(key, value)

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -49,8 +50,11 @@ PARALLELISM = 4
 
 def post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=90) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:  # the api-server's own words, not only the status
+        pytest.fail(f"POST {url} -> HTTP {error.code}: {error.read().decode(errors='replace')}")
 
 
 def dag_runs(airflow_url: str) -> list[dict]:

@@ -39,3 +39,43 @@ def test_a_taken_port_is_reported_with_its_holder():
         assert not services.port_free(port)
         assert services.port_holder(port).startswith(f"pid {os.getpid()} ")
     assert services.port_free(port)
+
+
+WRITE_THROUGH_AIRFLOWS_ENGINE = """
+import sys, time
+from airflow import settings
+from sqlalchemy import text
+print("ready", flush=True)
+started = time.monotonic()
+with settings.engine.begin() as connection:
+    connection.execute(text("CREATE TABLE written_while_locked (x INTEGER)"))
+print(f"waited {time.monotonic() - started:.1f}", flush=True)
+"""
+
+
+def test_airflows_engine_waits_out_a_lock_longer_than_sqlites_default_5_s(tmp_path):
+    """The stack's Airflow URL: a write that finds the DB locked for 6 s (another Airflow process committing)
+    waits and succeeds, instead of 'database is locked' after SQLite's default 5 s (an HTTP 500 from the api-server)."""
+    import sqlite3
+    import sys
+    import time
+
+    url = services.airflow_sqlite(tmp_path)
+    assert url == f"sqlite:///{tmp_path.resolve()}/airflow.db?timeout={services.SQLITE_BUSY_TIMEOUT_S}"
+    holder = sqlite3.connect(tmp_path / "airflow.db", isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")  # as Airflow sets it on every connection
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_THROUGH_AIRFLOWS_ENGINE], stdout=subprocess.PIPE, text=True,
+                              env={**{k: v for k, v in os.environ.items() if k != "AIRFLOW__CORE__UNIT_TEST_MODE"},
+                                   "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        while (line := writer.stdout.readline()) and line.strip() != "ready":  # Airflow logs to stdout first
+            pass
+        time.sleep(6)
+        holder.execute("COMMIT")
+        out, _ = writer.communicate(timeout=60)
+    finally:
+        writer.kill()
+        holder.close()
+    assert writer.returncode == 0, out
+    assert float(out.split()[-1]) >= 5.5, out
