@@ -1,7 +1,10 @@
 """Process records of `ops.stack`: a pid is ours only with its start time; strays are found by a marker."""
 
 import os
+import sqlite3
 import subprocess
+import sys
+import time
 
 from ops import services
 
@@ -42,7 +45,7 @@ def test_a_taken_port_is_reported_with_its_holder():
 
 
 WRITE_THROUGH_AIRFLOWS_ENGINE = """
-import sys, time
+import time
 from airflow import settings
 from sqlalchemy import text
 print("ready", flush=True)
@@ -56,10 +59,6 @@ print(f"waited {time.monotonic() - started:.1f}", flush=True)
 def test_airflows_engine_waits_out_a_lock_longer_than_sqlites_default_5_s(tmp_path):
     """The stack's Airflow URL: a write that finds the DB locked for 6 s (another Airflow process committing)
     waits and succeeds, instead of 'database is locked' after SQLite's default 5 s (an HTTP 500 from the api-server)."""
-    import sqlite3
-    import sys
-    import time
-
     url = services.airflow_sqlite(tmp_path)
     assert url == f"sqlite:///{tmp_path.resolve()}/airflow.db?timeout={services.SQLITE_BUSY_TIMEOUT_S}"
     holder = sqlite3.connect(tmp_path / "airflow.db", isolation_level=None)
