@@ -49,7 +49,7 @@ def main() -> None:
     samples = significance.PairedSamples(table, ["candidate", "incumbent"], "bench")
     statistics_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    weights = significance.resample_weights(len(samples), args.resamples, seed=12345)
+    weights = significance.resample_weights(samples.groups, args.resamples, seed=12345)
     comparisons = [significance.compare(samples, key, "candidate", "incumbent", threshold=0.0, lower_is_better=False,
                                         rule="improves", confidence=0.95, weights=weights) for key in GATED]
     bootstrap_seconds = time.perf_counter() - start

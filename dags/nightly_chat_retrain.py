@@ -19,6 +19,10 @@ older missed nights are left to `make backfill`.
 Parse-time settings (read when the scheduler parses this file; documented in docs/configuration.md):
     CHAT_RETRAIN_SCHEDULE   cron of the nightly run (default "0 2 * * *", UTC)
     CHAT_RETRAIN_CONFIG     the `config` param's default, i.e. what scheduled runs use (default configs/embedded.yaml)
+    CHAT_RETRAIN_DATA_WAIT_HOURS   how long a night waits for its day's partition to be published (default 6)
+
+Before ingest, `wait_for_partition` (chat_retrain/partition_sensor.py) defers until the run date's partitions of the
+config's marker sources are published; past the wait, the night fails naming them.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 from chat_retrain import runtimes
+from chat_retrain.partition_sensor import PublishedPartitionSensor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # stage commands run here, so relative config paths work
 PYTHON = sys.executable  # the interpreter of the environment Airflow runs in, which has `pipeline` installed
 RUNTIME = runtimes.load()
 SCHEDULE = os.environ.get("CHAT_RETRAIN_SCHEDULE", "0 2 * * *")  # nightly, after the day's data has landed
 DEFAULT_CONFIG = os.environ.get("CHAT_RETRAIN_CONFIG", "configs/embedded.yaml")
+CONFIG_PATTERN = r"^[A-Za-z0-9_./-]+\.ya?ml$"
+DATA_WAIT = timedelta(hours=float(os.environ.get("CHAT_RETRAIN_DATA_WAIT_HOURS", "6")))
 
 
 def record_failure(context) -> None:
@@ -75,7 +82,10 @@ with DAG(
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params={
-        "config": Param(DEFAULT_CONFIG, type="string", description="Stage config YAML (project-relative)."),
+        # A path, never code: letters, digits, `_ . / -` and a .yaml/.yml ending. Checked by Airflow when a run is
+        # triggered (UI, REST, CLI); the stage commands also pass it as data (runtimes.shell_words).
+        "config": Param(DEFAULT_CONFIG, type="string", pattern=CONFIG_PATTERN,
+                        description="Stage config YAML (a path, project-relative or absolute, ending .yaml/.yml)."),
         "allow_backfill_promotion": Param(
             False, type="boolean", description="Let a backfill run move the champion alias (off: only challenger)."
         ),
@@ -87,6 +97,10 @@ with DAG(
     tags=["training", "chat", RUNTIME.runtime],
 ) as dag:
     stage, args, xcom = runtimes.operator, runtimes.stage_args, runtimes.xcom
+    # Deferred in the triggerer while the day is still being written; a missing day is not fixed by a retry.
+    wait = PublishedPartitionSensor(task_id="wait_for_partition", config="{{ params.config }}", date="{{ ds }}",
+                                    project_root=PROJECT_ROOT, config_on_worker=RUNTIME.runtime == "local",
+                                    timeout=DATA_WAIT.total_seconds(), retries=0)
     ingest = stage("ingest", args("ingest"), RUNTIME)
     # A broken data contract is not transient: fail at once. validate re-emits the dataset URI only if it passed.
     validate = stage("validate", args("validate", dataset=xcom("ingest")), RUNTIME, retries=0)
@@ -99,5 +113,5 @@ with DAG(
                                     "promote.allow_backfill_promotion={{ params.allow_backfill_promotion | lower }}",
                                     "--set", "promote.allow_older_data={{ params.allow_older_data | lower }}",
                                     evaluation=xcom("evaluate")), RUNTIME)
-    ingest >> validate >> train >> evaluate >> promote
+    wait >> ingest >> validate >> train >> evaluate >> promote
     validate >> evaluate

@@ -24,7 +24,8 @@ MODELS = ("candidate", "champion", "base")
 METRICS = {"bleu": "bleu", "chrf": "chrf", "chrf1": "chrf1", "rougeL": "rougeL", "similarity": "similarity (en model)",
            "perplexity": "perplexity", "reply_tokens": "reply length (tokens)",
            "anchor_bleu": "anchor set: bleu", "anchor_rougeL": "anchor set: rougeL",
-           "anchor_similarity": "anchor set: similarity"}  # a metric no model has (older runs) gets no row
+           "anchor_similarity": "anchor set: similarity", "memory_rougeL": "memory set: rougeL",
+           "memory_similarity": "memory set: similarity"}  # a metric no model has (older runs, no set) gets no row
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a SQLite store (its default PORT)
 
 

@@ -170,6 +170,24 @@ def get_json(url: str, timeout: float = 5.0) -> dict:
         return json.loads(response.read())
 
 
+def post_json(url: str, body: dict, timeout: float = 90.0, busy_for: float = 300.0, pause: float = 5.0) -> dict:
+    """POST `body` as JSON and return the JSON answer. HTTP 503 is retried for up to `busy_for` seconds: Airflow's
+    api-server answers 503 ("Database is locked ... on SQLite under concurrent access") when SQLite refuses a lock
+    upgrade at once (a deadlock: its busy timeout does not apply), and the endpoint has rolled back, so nothing was
+    created. Any other HTTP error, or 503 for longer, raises RuntimeError with the server's own words."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    deadline = time.monotonic() + busy_for
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            answer = error.read().decode(errors="replace")
+            if error.code != 503 or time.monotonic() + pause > deadline:
+                raise RuntimeError(f"POST {url} -> HTTP {error.code}: {answer}") from None
+        time.sleep(pause)
+
+
 def wait_until(ready: Callable[[], bool], record: dict, timeout: float) -> bool:
     """Poll `ready` until it is true; give up early if the service's process has exited."""
     deadline = time.monotonic() + timeout

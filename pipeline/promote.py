@@ -53,6 +53,10 @@ class PromoteConfig:
         default_factory=lambda: {"rougeL": 2.0, "chrf1": 2.0},
         metadata={"help": "Other metrics and how many points each may drop vs the incumbent; e.g. perplexity: 1.0."},
     )
+    base_floor: dict = field(default_factory=dict, metadata={
+        "help": "Metrics on which the candidate may never be significantly worse than the base model by more than the "
+                "given points, whoever the incumbent is (e.g. anchor_rougeL: 0.0): small allowed drops against each "
+                "champion cannot pile up night after night. Needs the base model scored (evaluate.evaluate_base)."})
     allow_backfill_promotion: bool = field(
         default=False, metadata={"help": "Let runs of type 'backfill' move champion (normally only challenger)."}
     )
@@ -65,6 +69,9 @@ class PromoteConfig:
     min_examples: int = field(
         default=10, metadata={"help": "Fewest examples (per language for per-language keys) a bootstrap accepts."}
     )
+    min_conversations: int = field(default=5, metadata={
+        "help": "Fewest conversations a bootstrap comparison resamples; with fewer it shows nothing (p = 1): the "
+                "gate metric does not pass and a guard does not block."})
     history: int = field(default=10, metadata={"help": "Past champions charted in the evaluation report."})
 
     def __post_init__(self):
@@ -194,8 +201,8 @@ def register(client: MlflowClient, project: ProjectConfig, ctx: RunContext, resu
             **({registry.WEIGHTS_DIGEST_TAG: digest} if (digest := result.get("cache", {}).get(
                 "model_digests", {}).get("candidate")) else {}),
             "mlflow.parent_run_id": runs.active_parent_id(),
-            # overall metrics, held-out and anchor (the report's history chart reads metric.anchor_*)
-            **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if "_" not in k.removeprefix("anchor_")}}
+            # overall metrics of every set (the report's history chart reads metric.anchor_*), no per-language ones
+            **{f"metric.{k}": f"{v:.4f}" for k, v in scores.items() if significance.split_key(k)[1] is None}}
     info = chat_model.log_chat_model(result["model"])
     # The version is created with its tags in one request: a kill between registering and tagging would leave a
     # version that version_for_run cannot find, and the retry would register a duplicate.
@@ -218,12 +225,13 @@ def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, cha
             sets[name] = significance.PairedSamples(table, models, name)
     for key in [config.gate_metric, *config.max_regression]:
         metric, _, prefix = significance.split_key(key)
-        samples = sets.get("anchor" if prefix == "anchor" else "held-out")
+        samples = sets.get(prefix or "held-out")
         if samples is not None and len(samples.models) > 1 and metric in significance.RESAMPLED:
             significance.check_supported(samples, key, config.min_examples)
-    weights = {name: significance.resample_weights(len(s), config.resamples, config.seed) for name, s in sets.items()}
-    return Evidence(sets.get("held-out"), sets.get("anchor"), weights, manifest.get("partition_date"),
-                    trained_until(champion))
+    weights = {name: significance.resample_weights(s.groups, config.resamples, config.seed) for name, s in sets.items()}
+    return Evidence(held_out=sets.get("held-out"), anchor=sets.get("anchor"), memory=sets.get("memory"),
+                    weights=weights, candidate_data_end=manifest.get("partition_date"),
+                    champion_data_end=trained_until(champion))
 
 
 def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared) -> None:
@@ -239,7 +247,7 @@ def apply(client: MlflowClient, name: str, candidate, decision: Decision, compar
         client.set_registered_model_alias(name, registry.CHAMPION, candidate.version)
     tags = {"promotion.decision": "promoted" if decision.promote else "rejected", "promotion.reason": decision.reason,
             "promotion.incumbent": decision.incumbent_name, "promotion.checks": "\n".join(decision.checks),
-            **{f"gate.{c['metric']}": f"gain {c['gain']:+.4f} CI [{c['low']:+.4f}, {c['high']:+.4f}] p={c['p_value']:.4f} "
+            **{f"gate.{c['name']}": f"gain {c['gain']:+.4f} CI [{c['low']:+.4f}, {c['high']:+.4f}] p={c['p_value']:.4f} "
                f"({c['set']}, {c['rule']} {c['threshold']:+g}: {'pass' if c['passed'] else 'fail'})"
                for c in decision.comparisons}}
     for key, value in tags.items():
@@ -248,7 +256,7 @@ def apply(client: MlflowClient, name: str, candidate, decision: Decision, compar
     client.update_model_version(name, candidate.version, description=describe(decision, candidate))
     client.update_registered_model(name, description=MODEL_DESCRIPTION)
     mlflow.set_tags(tags)
-    figures = {f"gate/{c['metric']}_{part}": c[part] for c in decision.comparisons for part in ("gain", "low", "high", "p_value")
+    figures = {f"gate/{c['name']}_{part}": c[part] for c in decision.comparisons for part in ("gain", "low", "high", "p_value")
                if not math.isnan(c[part])}
     mlflow.log_metrics(figures)
     runs.log_to_parent(figures, tags={**tags, "promotion.version": str(candidate.version)})

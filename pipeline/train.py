@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import torch
 import transformers
 from datasets import Dataset
@@ -28,12 +29,15 @@ from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from pipeline.config import ProjectConfig, RunContext, as_params
 from pipeline.data import partitions
-from pipeline.model import loading
+from pipeline.model import loading, template_check
+from pipeline.process import failpoints
 from pipeline.storage import outputs
 from pipeline.tracking import runs
 from pipeline.training import checkpoints, distributed, lean_layers, losses, precision, throughput, trainable
+from pipeline.training import start_weights as start
+from pipeline.training.replay import draw as draw_replay
 from pipeline.training.reporting import StepMetrics, StepProgress
-from pipeline.training.samples import batching, tokenization
+from pipeline.training.samples import batching, tokenization, windows
 from pipeline.training.trainer import ChatTrainer
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,15 @@ class TrainingInterrupted(RuntimeError):
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps; the nightly budget, not epochs."})
+    init: str = field(default="base", metadata={
+        "help": "base | champion: the weights a night starts from; champion carries earlier nights forward "
+                "(training/start_weights.py; base while nothing is promoted; unfetchable weights fail the task)."})
+    replay: float = field(default=0.0, metadata={
+        "help": "Also train on this many earlier train conversations per one of tonight's (0.5: half as many again), "
+                "drawn seeded from the partitions of the replay_days before (training/replay.py); 0: tonight's only."})
+    replay_days: int = field(default=30, metadata={"help": "How many days back replay draws from."})
+    replay_static_share: float = field(default=0.5, metadata={"help": "Share of the replay drawn from replay "
+                                       "sources (a static set), the rest from earlier nights (training/replay.py)."})
     batch_size: int = field(default=8, metadata={
         "help": "Per device per step: packed rows of max_seq_length tokens, or conversations without packing."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
@@ -55,6 +68,8 @@ class TrainConfig:
     max_seq_length: int = field(default=256, metadata={"help": "Tokens per conversation and per packed row."})
     packing: bool = field(default=True, metadata={
         "help": "Pack conversations into rows (no cross-attention); False = length-grouped dynamic padding."})
+    windows: bool = field(default=True, metadata={"help": "A conversation longer than max_seq_length becomes windows "
+                                                          "at turn boundaries, each reply in one (samples/windows.py)."})
     drop_replyless: bool = field(default=False, metadata={
         "help": "A conversation whose every reply is cut off by max_seq_length fails the run; True drops it."})
     precision: str = field(default="auto", metadata={
@@ -76,8 +91,7 @@ class TrainConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
-    lora_target_modules: str = field(default="all-linear", metadata={
-        "help": "'all-linear' or comma-separated module names (q_proj,v_proj)."})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or names: q_proj,v_proj."})
     system_prompt: str | None = field(default=None, metadata={"help": "None keeps the template's own default."})
     deepspeed: str | None = field(default=None, metadata={"help": "Path to a DeepSpeed JSON config, or None."})
     checkpoint_mirror: str | None = field(default=None, metadata={
@@ -87,8 +101,7 @@ class TrainConfig:
     early_stopping_patience: int | None = field(default=None, metadata={
         "help": "Stop after N checkpoints without a better validation loss; needs checkpoint_steps."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoints after a successful run."})
-    logging_steps: int = field(default=10, metadata={
-        "help": "Log loss / lr / grad norm / tokens/s / model TFLOP/s / MFU / peak memory every N steps."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss, lr, grad norm, tokens/s, MFU, memory every N."})
     peak_tflops: float | None = field(default=None, metadata={
         "help": "One device's peak bf16 TFLOP/s, for train/mfu; None: known for H100, H200, A100 (throughput.py)."})
     max_eval_conversations: int = field(default=200, metadata={"help": "Validation conversations for val loss."})
@@ -101,6 +114,11 @@ class TrainConfig:
                              "(use its config's bf16 section) nor lean_layers (an autocast saving)")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"peak_tflops must be a positive number of TFLOP/s, got {self.peak_tflops!r}")
+        if not (0 <= self.replay <= 10 and self.replay_days >= 1 and 0 <= self.replay_static_share <= 1):
+            raise ValueError(f"replay in [0, 10], replay_days >= 1, replay_static_share in [0, 1]: got {self.replay}, "
+                             f"{self.replay_days}, {self.replay_static_share}")
+        if self.init not in start.INITS:
+            raise ValueError(f"init must be one of {start.INITS}, got {self.init!r}")
         if self.mode not in trainable.MODES:
             raise ValueError(f"mode must be one of {trainable.MODES}, got {self.mode!r}")
         if self.deepspeed is not None:
@@ -122,21 +140,27 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
     with runs.stage_run(project, ctx, "train", enabled=main):
         partition = partitions.read(dataset)  # refuses bytes other than those validate approved
         tokenizer = loading.load_tokenizer(project.base_model)
-        train_set, train_stats = build_dataset(partition.turns, "train", tokenizer, config)
+        template_check.check(tokenizer, config.system_prompt)  # a template it cannot use stops it here, named
+        replayed, replay_counts = draw_replay(partition.turns, project, ctx.run_date, config.replay, config.replay_days,
+                                              config.seed, config.replay_static_share)
+        train_set, train_stats = build_dataset(pd.concat([partition.turns, replayed]), "train", tokenizer, config)
         val_set, val_stats = build_dataset(partition.turns, "validation", tokenizer, config,
                                            limit=config.max_eval_conversations)
-        model = trainable.prepare(loading.load_model(project.base_model), config)
+        weights, origin = start.resolve(config.init, project)  # the base model, or the champion's weights
+        model = trainable.prepare(loading.load_model(weights), config)
         output = outputs.run_dir(project, ctx, "train")
         trainer, collator = make_trainer(model, tokenizer, train_set, val_set, config, output / "checkpoints")
         mirror = checkpoints.mirror_uri(config.checkpoint_mirror, output)
         if main:
-            _rank0_prepare_checkpoints(config, project, partition.manifest, output / "checkpoints", mirror)
+            _rank0_prepare_checkpoints(config, origin, partition.manifest, output / "checkpoints", mirror)
         stopper, resume = attach_checkpoints(trainer, output / "checkpoints", mirror)  # after rank 0's restore
         if main:
-            _rank0_log_inputs(config, project, trainer, partition, resume, {**train_stats, **val_stats})
+            _rank0_log_inputs(config, project, origin, trainer, partition, resume,
+                              {**train_stats, **val_stats, **replay_counts})
         result, val_loss = train_and_validate(trainer, config, stopper, resume, output / "checkpoints")
         summary = {"train_loss": result.training_loss, "val_loss": val_loss, "global_step": result.global_step,
-                   "padding_waste": collator.padding_waste, "resumed_from": resume.name if resume else None}
+                   "padding_waste": collator.padding_waste, "resumed_from": resume.name if resume else None,
+                   "init_from": origin}
         model_dir = save(trainer, tokenizer, config, project, partition.manifest, output / "model", summary)
         if main:
             _rank0_log_results_and_clean_up(config, summary, output / "checkpoints", mirror)
@@ -144,11 +168,11 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
     return model_dir
 
 
-def _rank0_prepare_checkpoints(config, project, manifest, checkpoint_dir: Path, mirror: str | None) -> None:
-    """Restore the mirror's checkpoints, or clear ones that belong to another config, data or world size."""
+def _rank0_prepare_checkpoints(config, origin: str, manifest, checkpoint_dir: Path, mirror: str | None) -> None:
+    """Restore the mirror's checkpoints, or clear ones that belong to another config, data, start or world size."""
     checkpoints.prepare(checkpoint_dir, mirror, {
         "config": as_params(config, "train"), "data_digest": manifest["digest"],
-        "base_model": project.base_model, "world_size": distributed.world_size()})
+        "base_model": origin, "world_size": distributed.world_size()})
 
 
 def attach_checkpoints(trainer, checkpoint_dir: Path, mirror: str | None):
@@ -164,8 +188,8 @@ def attach_checkpoints(trainer, checkpoint_dir: Path, mirror: str | None):
     return stopper, resume
 
 
-def _rank0_log_inputs(config, project, trainer, partition, resume, data_stats: dict) -> None:
-    mlflow.log_params({**as_params(config, "train"), "train.base_model": project.base_model,
+def _rank0_log_inputs(config, project, origin: str, trainer, partition, resume, data_stats: dict) -> None:
+    mlflow.log_params({**as_params(config, "train"), "train.base_model": project.base_model, "train.init_from": origin,
                        "train.world_size": distributed.world_size(),
                        "train.resolved_precision": trainer.precision,
                        "train.resolved_chunked_loss": trainer.chunked_loss,
@@ -182,6 +206,7 @@ def train_and_validate(trainer, config, stopper, resume, checkpoint_dir: Path):
     if stopper.stopped_at is not None:
         raise TrainingInterrupted(f"stopped by SIGTERM at step {stopper.stopped_at} of {config.max_steps}; "
                                   f"checkpoint saved in {checkpoint_dir}; a rerun resumes from it")
+    failpoints.hit("train.trained")  # training over, checkpoint sealed (tests send SIGTERM here)
     return result, trainer.evaluate()["eval_loss"]
 
 
@@ -197,6 +222,8 @@ def _rank0_log_results_and_clean_up(config, summary: dict, checkpoint_dir: Path,
 def build_dataset(turns, split, tokenizer, config: TrainConfig, limit: int | None = None) -> tuple[Dataset, dict]:
     """Tokenized (and packed) samples of a split, in batches, from the chat template's layout where it allows
     (pipeline/training/samples/tokenization.py; equal to chat_format.tokenize_conversation's)."""
+    turns, windowed = (windows.split_long(turns, split, tokenizer, config.max_seq_length, config.system_prompt)
+                       if config.windows else (turns, {}))
     tokenized = tokenization.tokenize_split(turns, split, tokenizer, config.max_seq_length, config.system_prompt,
                                             limit=limit)
     replyless = tokenized.replyless
@@ -210,7 +237,7 @@ def build_dataset(turns, split, tokenizer, config: TrainConfig, limit: int | Non
     dataset = tokenization.to_dataset(tokenized, config.max_seq_length if config.packing else None, consume=True)
     stats = {f"data/{split}_conversations": len(tokenized.conversation_ids),
              f"data/{split}_dropped_replyless": len(replyless), f"data/{split}_tokens": tokenized.tokens,
-             f"data/{split}_rows": len(dataset), f"data/{split}_rendered": tokenized.rendered}
+             f"data/{split}_rows": len(dataset), f"data/{split}_rendered": tokenized.rendered, **windowed}
     return dataset, stats
 
 
@@ -227,13 +254,9 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type="linear",
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, lr_scheduler_type="linear",
         # Without CUDA say so: accelerate then sets up gloo and counts processes right (it counts 1 under DeepSpeed).
         use_cpu=not torch.cuda.is_available(),
         bf16=resolved == "bf16",  # autocast; master weights and optimizer state stay fp32
@@ -249,8 +272,7 @@ def make_trainer(model, tokenizer, train_set, val_set, config: TrainConfig, outp
         eval_strategy="steps" if every else "no",
         eval_steps=every,
         load_best_model_at_end=bool(every),
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        metric_for_best_model="eval_loss", greater_is_better=False,
         report_to="none",  # MLflow logging is ours (StepMetrics), into the stage's child run, rank 0 only
         disable_tqdm=True,
         deepspeed=config.deepspeed,

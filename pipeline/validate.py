@@ -45,7 +45,8 @@ class ValidateConfig:
     )
     max_duplicate_ratio: float = field(default=0.3, metadata={"help": "Duplicate conversations / conversations read."})
     max_pii_ratio: float = field(default=0.01, metadata={"help": "Turns that needed PII masking / turns read."})
-    max_quarantine_ratio: float = field(default=0.05, metadata={"help": "Rejected records / records read."})
+    max_quarantine_ratio: float = field(default=0.05, metadata={
+        "help": "Rejected records / records read, per source; a source's own max_quarantine_ratio wins."})
     severity: dict = field(
         default_factory=dict, metadata={"help": "Rule name -> critical | warning, overriding the rule's default."}
     )
@@ -105,7 +106,7 @@ def contract(config: ValidateConfig) -> dict[str, list]:
             rule("roles", "an unknown role has no place in the chat template",
                  gxe.ExpectColumnValuesToBeInSet(column="role", value_set=config.roles)),
             rule("split_values", "train/evaluate select rows by these names",
-                 gxe.ExpectColumnValuesToBeInSet(column="split", value_set=table.SPLITS)),
+                 gxe.ExpectColumnValuesToBeInSet(column="split", value_set=table.SPLIT_VALUES)),
             rule("languages", "only languages the night is configured for (und: not identified)",
                  gxe.ExpectColumnValuesToBeInSet(column="language", value_set=config.languages)),
             rule("text_length", "empty replies teach silence; huge ones blow the context and memory",
@@ -137,8 +138,10 @@ def contract(config: ValidateConfig) -> dict[str, list]:
                  "warning"),
             rule("pii_ratio", "masking is a safety net; a surge of PII means a source that should not be here",
                  gxe.ExpectColumnMaxToBeBetween(column="pii_ratio", max_value=config.max_pii_ratio), "warning"),
+        ],
+        "sources": [
             rule("quarantine_ratio", "a producer writing broken records; training on the rest is biased",
-                 gxe.ExpectColumnMaxToBeBetween(column="quarantine_ratio", max_value=config.max_quarantine_ratio)),
+                 gxe.ExpectColumnValuesToBeNull(column="over_allowance")),
         ],
     }
 
@@ -157,12 +160,23 @@ def tables(turns: pd.DataFrame, manifest: dict, config: ValidateConfig) -> dict[
     duplicates = counts.get("duplicates.exact", 0) + counts.get("duplicates.near", 0)
     turns_read = max(counts.get("turns_read", 0), 1)
     quality = pd.DataFrame({"duplicate_ratio": [duplicates / accepted],
-                            "pii_ratio": [counts.get("pii.turns", 0) / turns_read],
-                            "quarantine_ratio": [counts.get("rejected", 0) / read]})
+                            "pii_ratio": [counts.get("pii.turns", 0) / turns_read]})
+    # One row per source: a feed's expected junk (its own max_quarantine_ratio) does not hide another's breakage.
+    rows = manifest.get("sources") or [{"source": "all", "read": read, "quarantined": counts.get("rejected", 0)}]
+    by_source = pd.DataFrame({"over_allowance": [_over_allowance(row, config) for row in rows]})
     parity = pd.to_numeric(turns["turn_index"], errors="coerce") % 2  # text indexes fail their own rule, not this
     turn_order = pd.DataFrame({"role_at_parity": turns["role"].astype(str) + "@" + parity.astype("Int64").astype(str)})
     return {"turns": turns, "turn_order": turn_order, "conversations": conversations,
-            "splits": splits, "quality": quality}
+            "splits": splits, "quality": quality, "sources": by_source}
+
+
+def _over_allowance(row: dict, config: ValidateConfig) -> str | None:
+    """None, or what the failure names: the source, its counts and the junk rate it is allowed."""
+    allowed = config.max_quarantine_ratio if row.get("max_quarantine_ratio") is None else row["max_quarantine_ratio"]
+    ratio = row["quarantined"] / max(row["read"], 1)
+    if ratio <= allowed:
+        return None
+    return f"source {row['source']}: {row['quarantined']} of {row['read']} quarantined ({ratio:.1%}), allowed {allowed:.1%}"
 
 
 def check(turns: pd.DataFrame, manifest: dict, config: ValidateConfig, docs_dir: Path | None = None) -> list[dict]:

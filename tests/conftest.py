@@ -57,7 +57,7 @@ def _absl_handler_on_the_real_stderr():
     absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
-TIERS = ("unit", "dags", "integration", "slow", "containers", "stack", "faults")
+TIERS = ("unit", "dags", "integration", "training", "dagruns", "slow", "containers", "stack", "faults", "nights")
 
 
 def tier_of(path: Path) -> str | None:
@@ -88,6 +88,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def feed_nights(tmp_path_factory):
+    """A project whose data_root holds four nights of the chat feed, ingested (tests/feed_nights.py)."""
+    from feed_nights import ingest_nights
+
+    return ingest_nights(tmp_path_factory.mktemp("feed-nights"))
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import tomllib
@@ -37,6 +38,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTAINER_ROOT = "/app"  # the images' WORKDIR; relative paths in configs resolve there
 XCOM_FILE = "/airflow/xcom/return.json"  # where KubernetesPodOperator's sidecar reads a pod's XCom
 DOCKER_XCOM_FILE = "/tmp/pipeline-xcom.json"  # inside the container: its own /tmp, fresh per container
+SKIPPED_EXIT_CODE = 99  # a stage that skips (pipeline/process/outcomes.py): the task and those after it are skipped
 # DockerOperator decodes retrieve_output_path with `pickling_library.load` (pickle by default, no fallback):
 # the stage writes JSON, the format the Kubernetes sidecar needs too.
 JSON_FILE = SimpleNamespace(load=json.load)
@@ -146,9 +148,27 @@ def _local(task_id, args, config, training, **task_kwargs):
 
     launcher = launcher_args(config)
     launcher = [sys.executable] if launcher == ["python"] else launcher  # the worker's own interpreter
-    command = shlex.join([*launcher, "-m", "pipeline", *args])
-    return BashOperator(task_id=task_id, bash_command=with_xcom_file(command), cwd=str(PROJECT_ROOT),
-                        output_processor=json.loads, post_execute=require_output_uri, **task_kwargs)
+    command, env = shell_words([*launcher, "-m", "pipeline", *args])
+    return BashOperator(task_id=task_id, bash_command=with_xcom_file(command), env=env, append_env=True,
+                        cwd=str(PROJECT_ROOT), output_processor=json.loads, post_execute=require_output_uri,
+                        skip_on_exit_code=SKIPPED_EXIT_CODE, **task_kwargs)
+
+
+def shell_words(argv: list[str]) -> tuple[str, dict[str, str]]:
+    """(bash words, environment) for argv, where no rendered value is ever parsed by bash. Airflow renders Jinja
+    into the script text; a param, a run id or an upstream XCom holding a quote, `$()`, a backtick, `;` or a
+    newline would then be shell code run with the worker's credentials. So each templated argument becomes a
+    double-quoted reference "$PIPELINE_ARG_<n>" and its template goes to the task's `env`, which Airflow renders
+    too: bash expands a variable into one word and never evaluates its content. Plain arguments are quoted."""
+    words, env = [], {}
+    for position, arg in enumerate(argv):
+        if "{{" in arg or "{%" in arg:
+            name = f"PIPELINE_ARG_{position}"
+            env[name] = arg
+            words.append(f'"${name}"')
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words), env
 
 
 def with_xcom_file(command: str) -> str:
@@ -197,7 +217,7 @@ def _docker(task_id, args, config, training, **task_kwargs):
         # The XCom is the file the stage wrote, copied out of the exited container before it is removed.
         environment={"PIPELINE_XCOM_FILE": DOCKER_XCOM_FILE}, private_environment=container_env(config),
         retrieve_output=True, retrieve_output_path=DOCKER_XCOM_FILE, post_execute=require_output_uri,
-        **task_kwargs)
+        skip_on_exit_code=SKIPPED_EXIT_CODE, **task_kwargs)
     task.pickling_library = JSON_FILE  # no constructor argument for it
     return task
 
@@ -219,6 +239,15 @@ def container_env(config: RuntimeConfig, environ=os.environ) -> dict[str, str]:
     return env
 
 
+def kubernetes_literal(arg: str) -> str:
+    """A templated argument whose rendered value Kubernetes keeps as it is: the kubelet expands `$(NAME)` in a
+    container's args from its environment (which holds the secrets), and `$$` stands for one `$`. No shell runs
+    (exec form), so `$` is the only character to escape."""
+    if "{{" not in arg:
+        return arg
+    return re.sub(r"\s*}}", " | replace('$', '$$') }}", arg)
+
+
 def _kubernetes(task_id, args, config, training, **task_kwargs):
     from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -238,8 +267,9 @@ def _kubernetes(task_id, args, config, training, **task_kwargs):
                                                                                      size_limit=config.train_shm)))
         mounts.append(k8s.V1VolumeMount(name="shm", mount_path="/dev/shm"))
     common = dict(
-        task_id=task_id, namespace=config.namespace, image=config.train_image if training else config.cpu_image,
-        cmds=[*(launcher_args(config) if training else ["python"]), "-m", "pipeline"], arguments=args,
+        task_id=task_id, namespace=config.namespace, skip_on_exit_code=SKIPPED_EXIT_CODE, image=config.train_image if training else config.cpu_image,
+        cmds=[*(launcher_args(config) if training else ["python"]), "-m", "pipeline"],
+        arguments=[kubernetes_literal(arg) for arg in args],
         service_account_name=config.service_account,
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in config.secrets],
         env_vars=[k8s.V1EnvVar(name="PIPELINE_XCOM_FILE", value=XCOM_FILE)],

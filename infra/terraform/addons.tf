@@ -79,8 +79,12 @@ data "aws_iam_policy_document" "addon" {
   dynamic "statement" {
     for_each = each.key == "eso" ? [1] : []
     content {
-      actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
-      resources = [aws_db_instance.metadata.master_user_secret[0].secret_arn]
+      actions = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+      # Every secret an ExternalSecret reads (mlflow.tf, local.synced), and no other: a test derives the list
+      # from the manifests. The RDS one alone left mlflow-db and chat-retrain-mlflow-auth unsynced.
+      resources = [local.db_secret, aws_secretsmanager_secret.mlflow_users["admin"].arn,
+        aws_secretsmanager_secret.mlflow_users["pipeline"].arn,
+      aws_secretsmanager_secret.mlflow_users["database"].arn]
     }
   }
   dynamic "statement" {

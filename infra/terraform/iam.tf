@@ -60,6 +60,13 @@ data "aws_iam_policy_document" "pipeline" {
     actions   = ["s3:DeleteObject"]
     resources = ["${aws_s3_bucket.this["data"].arn}/checkpoints/*"]
   }
+  # Runs' artifacts and registered models are written by the MLflow server alone (proxied artifacts, its own
+  # role): a stage cannot overwrite a registered version's files behind the registry's back.
+  statement {
+    effect    = "Deny"
+    actions   = ["s3:PutObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.this["artifacts"].arn}/${local.mlflow_artifact_prefix}/*"]
+  }
   statement {
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.this.arn]

@@ -22,33 +22,42 @@ resource "kubernetes_manifest" "secret_store" {
   depends_on = [helm_release.external_secrets]
 }
 
-# Filled by the operator, never by Terraform: the MLflow admin (username, password, flask_secret_key) and the
-# pipeline's MLflow user (username, password).
+# Filled by the operator, never by Terraform: the MLflow admin (username, password, flask_secret_key), the
+# pipeline's MLflow user (username, password) and the MLflow server's own database login (username, password).
 resource "aws_secretsmanager_secret" "mlflow_users" {
-  for_each   = toset(["admin", "pipeline"])
+  for_each   = toset(["admin", "pipeline", "database"])
   name       = "${var.name}/mlflow/${each.key}"
   kms_key_id = aws_kms_key.this.arn
   # checkov:skip=CKV2_AWS_57: user passwords are rotated by the MLflow admin through MLflow's own API
 }
 
 locals {
-  db_secret = aws_db_instance.metadata.master_user_secret[0].secret_arn
-  db_url    = "{{ .username }}:{{ .password | urlquery }}@${aws_db_instance.metadata.endpoint}"
+  mlflow_artifact_prefix = "mlflow" # under the artifacts bucket: the server's alone (iam.tf denies the stages)
+  db_secret              = aws_db_instance.metadata.master_user_secret[0].secret_arn
+  db_url                 = "{{ .username }}:{{ .password | urlquery }}@${aws_db_instance.metadata.endpoint}"
+  # The server's own login: it owns the mlflow and mlflow_auth databases (created by the init Job) and nothing of
+  # Airflow's; the master user above is only the init Job's.
+  mlflow_db_url = "{{ .mlflow_db_user }}:{{ .mlflow_db_password | urlquery }}@${aws_db_instance.metadata.endpoint}"
   # One ExternalSecret per Kubernetes secret: what it holds, rendered from Secrets Manager values.
   synced = {
     mlflow-db = {
       data = { username = [local.db_secret, "username"], password = [local.db_secret, "password"],
-        admin_user     = [aws_secretsmanager_secret.mlflow_users["admin"].arn, "username"],
-        admin_password = [aws_secretsmanager_secret.mlflow_users["admin"].arn, "password"],
-      flask_secret_key = [aws_secretsmanager_secret.mlflow_users["admin"].arn, "flask_secret_key"] }
+        admin_user       = [aws_secretsmanager_secret.mlflow_users["admin"].arn, "username"],
+        admin_password   = [aws_secretsmanager_secret.mlflow_users["admin"].arn, "password"],
+        flask_secret_key = [aws_secretsmanager_secret.mlflow_users["admin"].arn, "flask_secret_key"],
+        mlflow_db_user   = [aws_secretsmanager_secret.mlflow_users["database"].arn, "username"],
+      mlflow_db_password = [aws_secretsmanager_secret.mlflow_users["database"].arn, "password"] }
       template = {
         # +psycopg2: SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3, which the image does not carry
-        MLFLOW_BACKEND_STORE_URI = "postgresql+psycopg2://${local.db_url}/mlflow?sslmode=require"
-        ADMIN_DATABASE_URI       = "postgresql://${local.db_url}/airflow?sslmode=require" # libpq's own URI
+        MLFLOW_BACKEND_STORE_URI = "postgresql+psycopg2://${local.mlflow_db_url}/mlflow?sslmode=require"
+        # The init Job's alone (env_from): it creates the role below with this password, on every run
+        ADMIN_DATABASE_URI = "postgresql://${local.db_url}/airflow?sslmode=require" # libpq's own URI
+        MLFLOW_DB_USER     = "{{ .mlflow_db_user }}"
+        MLFLOW_DB_PASSWORD = "{{ .mlflow_db_password }}"
         # basic-auth's CSRF key: one for all replicas, or a form posted to one is refused by the other
         MLFLOW_FLASK_SERVER_SECRET_KEY = "{{ .flask_secret_key }}"
         "basic_auth.ini" = join("\n", ["[mlflow]", "default_permission = READ",
-          "database_uri = postgresql+psycopg2://${local.db_url}/mlflow_auth?sslmode=require",
+          "database_uri = postgresql+psycopg2://${local.mlflow_db_url}/mlflow_auth?sslmode=require",
           "admin_username = {{ .admin_user }}", "admin_password = {{ .admin_password }}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth", ""])
       }
@@ -161,7 +170,7 @@ resource "kubernetes_deployment_v1" "mlflow" {
           # basic-auth: every request carries a user; the pipeline's user may edit its model, others read.
           args = ["mlflow", "server", "--app-name", "basic-auth", "--host", "0.0.0.0", "--port", "5000",
             "--backend-store-uri", "$(MLFLOW_BACKEND_STORE_URI)",
-            "--artifacts-destination", "s3://${aws_s3_bucket.this["artifacts"].bucket}/mlflow",
+            "--artifacts-destination", "s3://${aws_s3_bucket.this["artifacts"].bucket}/${local.mlflow_artifact_prefix}",
           "--allowed-hosts", "mlflow,mlflow.${local.namespace}.svc.cluster.local,localhost"]
           env {
             name  = "MLFLOW_AUTH_CONFIG_PATH"

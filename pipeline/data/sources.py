@@ -4,22 +4,23 @@ A source is one entry of `ingest.sources`:
 
     - {format: chatterbot, languages: [english, chinese]}            # the installed chatterbot-corpus
     - {format: openai, uri: s3://chat-logs/openai, partitioned: true} # <uri>/dt=YYYY-MM-DD/*.jsonl|*.parquet
+    - {format: openai, uri: s3://chat-logs/openai, partitioned: true, marker: true}   # only published days
     - {format: sharegpt, uri: /data/sharegpt.parquet, language: en}
 
 `openai` records carry `messages: [{role, content}]`, `sharegpt` records `conversations: [{from, value}]`; both
-are read from JSON Lines, Parquet, or a Hugging Face dataset saved with `save_to_disk` (a directory holding
-state.json). A record that breaks a rule becomes a `Rejected` naming file, line or row and the rule; a file or
+are read from JSON Lines (.jsonl), JSON documents (.json: an array of records, json_files.py), Parquet, or a Hugging
+Face dataset saved with `save_to_disk` (a directory holding state.json). A record that breaks a rule becomes a `Rejected` naming file, line or row and the rule; a file or
 partition that cannot be read at all raises `SourceError`, because training on a silently shrunken dataset is
-worse than not training.
+worse than not training. With `marker: true` a day is read only once its producer published it: a `_SUCCESS`
+marker listing each file's sha256, written last (markers.py); the run date's partition without one, or with files
+that changed since, raises SourceError; an earlier day of the window is then skipped with a warning.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import json
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -27,8 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.data import languages
-from pipeline.storage import outputs, s3
+from pipeline.data import json_files, languages, locations, markers
+from pipeline.data.locations import SourceError
+from pipeline.storage import outputs
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,8 @@ ROLE_NAMES = {
     "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system",
 }
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-class SourceError(RuntimeError):
-    """A source, partition or file cannot be read at all; the message names it."""
+REPLAY_ROLE = "replay"
+ROLES = ("nightly", REPLAY_ROLE)
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,19 @@ class SourceConfig:
         default_factory=lambda: ["english", "chinese"], metadata={"help": "chatterbot: language directories to read."}
     )
     language: str = field(default="auto", metadata={"help": "Language code of the records, or auto (by script)."})
+    marker: bool = field(default=False, metadata={"help": "Partitioned: read a day only once its _SUCCESS marker is "
+                                                          "there, its files as the marker lists them (markers.py)."})
+    max_quarantine_ratio: float | None = field(default=None, metadata={
+        "help": "This source's expected junk: records quarantined / read allowed for it (a chat log with "
+                "single-speaker sessions: ~0.45); null: validate.max_quarantine_ratio."})
+    role: str = field(default="nightly", metadata={
+        "help": "nightly: its conversations are split into train / validation / test (tonight's data); replay: "
+                "a store the nights replay from (a static set beside a feed): split 'replay', never tonight's "
+                "test or validation split, trained on only as train.replay draws it."})
 
     def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role {self.role!r} is not one of {ROLES}")
         if self.format not in FORMATS:
             raise ValueError(f"format {self.format!r} is not one of {FORMATS}")
         if self.format != "chatterbot" and not self.uri:
@@ -69,6 +80,8 @@ class Conversation:
     partition_date: str
     language: str | None  # None: detect from the text
     messages: list[tuple[str, str]]  # (role, text), roles canonical
+    entry: int = 0  # which entry of ingest.sources (1-based; set by ingest)
+    system_dropped: bool = False  # it began with a system message, dropped (counted by ingest)
 
 
 @dataclass
@@ -76,6 +89,7 @@ class Rejected:
     origin: str
     reason: str
     raw: str
+    entry: int = 0  # which entry of ingest.sources (1-based; set by ingest), for the per-source junk rate
 
 
 @dataclass
@@ -101,45 +115,25 @@ def read(source: SourceConfig, run_date: str, window_days: int, partitions: list
     dates = window(run_date, window_days) if source.partitioned else [run_date]
     for day in dates:
         uri = f"{source.uri.rstrip('/')}/dt={day}" if source.partitioned else source.uri
-        with _local_copy(uri, required=day == run_date) as local:
-            if local is None:
-                log.warning("%s: no partition for %s; reading the rest of the window", uri, day)
+        with locations.local_copy(uri, required=day == run_date) as local:
+            if local is None or (source.marker and not _published(local, uri, required=day == run_date)):
+                log.warning("%s: no complete partition for %s; reading the rest of the window", uri, day)
                 continue
             partition = Partition(uri, day)
             partitions.append(partition)
             yield from _read_location(source, local, uri, partition)
 
 
-@contextlib.contextmanager
-def _local_copy(uri: str, required: bool) -> Iterator[Path | None]:
-    """A local path for `uri`: itself, or an S3 prefix/object downloaded into a temporary directory."""
-    if not uri.startswith("s3://"):
-        path = Path(uri)
-        if not path.exists():
-            if required:
-                raise SourceError(f"{uri}: no such file or directory")
-            yield None
-            return
-        yield path
-        return
+def _published(local: Path, uri: str, required: bool) -> bool:
+    """The partition's marker is there and its files are the ones it lists; the run date's partition must be."""
     try:
-        keys = s3.keys(uri)
-        single = not keys and s3.exists(uri)
-    except Exception as exc:  # NoSuchBucket, access denied, endpoint down: name the URI, keep the cause
-        raise SourceError(f"{uri}: cannot list S3 location: {exc}") from exc
-    if not keys and not single:
+        markers.verify(local, uri)
+        return True
+    except markers.IncompletePartition as exc:
         if required:
-            raise SourceError(f"{uri}: no such S3 object or prefix (missing partition or object)")
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="ingest-") as scratch:
-        if single:  # the object's name is its key's last part, checked like every key that becomes a path
-            target = s3.local_path(Path(scratch), s3.split(uri)[1].rsplit("/", 1)[-1], uri)
-            s3.download(uri, target)
-            yield target
-        else:
-            s3.download_dir(uri, Path(scratch))
-            yield Path(scratch)
+            raise SourceError(str(exc)) from exc
+        log.warning("%s", exc)
+        return False
 
 
 def _read_location(source: SourceConfig, local: Path, uri: str, partition: Partition) -> Iterator:
@@ -162,28 +156,8 @@ def _read_location(source: SourceConfig, local: Path, uri: str, partition: Parti
             yield from _records_to_conversations(source, _parquet_rows(unit, name), name, partition.partition_date)
         else:
             partition.files.append({"uri": name, **_digest_file(unit)})
-            yield from _records_to_conversations(source, _jsonl_rows(unit, name), name, partition.partition_date)
-
-
-def _jsonl_rows(path: Path, name: str) -> Iterator[tuple[str, object]]:
-    """(origin, parsed record or Rejected) per non-blank line; bad bytes and bad JSON are rejected per line."""
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            origin = f"{name}:{number}"
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # a UTF-8 byte-order mark is an editor's habit, not an error
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield origin, Rejected(origin, f"not UTF-8: byte 0x{line[exc.start]:02x} at column {exc.start + 1}",
-                                       line[:300].decode("utf-8", "replace"))
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield origin, json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as exc:
-                yield origin, Rejected(origin, f"malformed JSON: {exc.msg} (column {exc.colno})", text[:300])
+            yield from _records_to_conversations(source, json_files.rows(unit, name, Rejected), name,
+                                                 partition.partition_date)
 
 
 def _parquet_rows(path: Path, name: str) -> Iterator[tuple[str, object]]:
@@ -232,12 +206,13 @@ def _records_to_conversations(source: SourceConfig, rows, name: str, partition_d
         if problem:
             yield Rejected(origin, problem, _excerpt(record))
             continue
+        system = bool(messages) and messages[0][0] == "system"
         messages, problem = _canonical_turns(messages)
         if problem:
             yield Rejected(origin, problem, _excerpt(record))
             continue
         record_language = record.get("language") if isinstance(record.get("language"), str) else language
-        yield Conversation(origin, name, partition_date, record_language, messages)
+        yield Conversation(origin, name, partition_date, record_language, messages, system_dropped=system)
 
 
 def _excerpt(record) -> str:

@@ -12,3 +12,7 @@ QUARANTINE_FILE = "quarantine.jsonl"
 COLUMNS = ["conversation_id", "turn_index", "role", "text", "language", "source", "split", "partition_date"]
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = [TRAIN, VALIDATION, TEST]  # assigned by a hash of the conversation (ingest.assign_splits)
+# A replay source's conversations (ingest.sources[].role: replay, a static set beside a feed): never tonight's test or
+# validation, trained on only as far as train.replay draws them (training/replay.py).
+REPLAY = "replay"
+SPLIT_VALUES = [*SPLITS, REPLAY]

@@ -29,12 +29,19 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.config import build
-from pipeline.data import cleaning
+from pipeline.data import cleaning, table
 from pipeline.evaluation import EvaluationSetError
 from pipeline.model.chat_format import EvalExample
 
 MAX_TURN_CHARS = 300  # a longer turn in the prompt or reply disqualifies a dialogue: generation stays cheap
 MIN_REPLY_WORDS = 4  # "lol ok" says nothing about a model, and short greetings also occur in the training corpus
+OUTSIDE_EVERY = 10  # 1 conversation in 10 of a package (by a stable hash of its id) never enters the dated feed
+
+
+def outside_feed(conversation_id: str) -> bool:
+    """Whether the dated feed (ops/chat_feed.py) leaves this conversation out, keeping it for the anchor set: the
+    rule depends on the id alone, so the feed and the anchor agree whatever else changes."""
+    return int(hashlib.sha256(conversation_id.encode("utf-8")).hexdigest()[:8], 16) % OUTSIDE_EVERY == 0
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,9 @@ class AnchorConfig:
     size: int = field(default=32, metadata={"help": "Examples in the set (each costs one reply per model)."})
     seed: int = field(default=0, metadata={"help": "Seed of the draw; a new seed is a new set (and digest)."})
     history_turns: int = field(default=3, metadata={"help": "Turns of context before the reply (odd: starts with user)."})
+    outside_feed_only: bool = field(default=False, metadata={
+        "help": "Draw only from the conversations the dated feed never carries (outside_feed): needed when the "
+                "same package also feeds the nights (ops/chat_feed.py), so the set stays outside them."})
     digest: str | None = field(default=None, metadata={"help": "sha256 of the drawn set; a mismatch stops the stage."})
 
     def __post_init__(self):
@@ -74,9 +84,13 @@ def settings(values: dict) -> AnchorConfig:
 
 def load(config: AnchorConfig) -> AnchorSet:
     """Draw the set and check it against the pinned digest, before any model is scored."""
-    examples = draw(read_conversations(config), config)
+    conversations = read_conversations(config)
+    if config.outside_feed_only:
+        conversations = [c for c in conversations if outside_feed(c[0])]
+    examples = draw(conversations, config)
     actual = digest(examples)
-    where = f"anchor set {config.name!r} ({config.source()}, size {config.size}, seed {config.seed})"
+    where = (f"anchor set {config.name!r} ({config.source()}{', outside the feed' if config.outside_feed_only else ''}, "
+             f"size {config.size}, seed {config.seed})")
     if config.digest is None:
         raise EvaluationSetError(f"{where}: no digest pinned; a set that may change is no anchor. "
                                  f"Pin evaluate.anchor.digest: {actual}")
@@ -142,20 +156,27 @@ def digest(examples: list[EvalExample]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def assert_not_trained_on(anchor: AnchorSet, turns: pd.DataFrame, split: str = "train") -> None:
+TRAINED_SPLITS = (table.TRAIN, table.REPLAY)
+
+
+def assert_not_trained_on(anchor: AnchorSet, turns: pd.DataFrame, splits: tuple[str, ...] = TRAINED_SPLITS) -> None:
     """Raise if an anchor exchange (its last prompt followed by its reference, compared as ingest's near-duplicate
-    text: lower case, letters and digits) occurs as consecutive turns of a conversation in the training split."""
-    rows = turns[turns["split"] == split].sort_values(["conversation_id", "turn_index"])
+    text: lower case, letters and digits) occurs as consecutive turns of a conversation in a split trained on
+    (train, and replay: what train.replay may draw)."""
+    rows = turns[turns["split"].isin(splits)].sort_values(["conversation_id", "turn_index"])
     texts = _normalized(rows["text"].astype(str).tolist())
     same = (rows["conversation_id"].to_numpy()[1:] == rows["conversation_id"].to_numpy()[:-1]).tolist()
-    trained = {(before, after) for before, after, ok in zip(texts[:-1], texts[1:], same, strict=True) if ok}
+    split_of = rows["split"].tolist()
+    trained = {(before, after): split for before, after, ok, split in
+               zip(texts[:-1], texts[1:], same, split_of[1:], strict=True) if ok}
     prompts = _normalized([e.history[-1]["content"] for e in anchor.examples])
     references = _normalized([e.reference for e in anchor.examples])
     for example, prompt, reference in zip(anchor.examples, prompts, references, strict=True):
         if (prompt, reference) in trained:
             raise EvaluationSetError(
                 f"anchor set {anchor.name!r}: example {example.conversation_id} (prompt "
-                f"{example.history[-1]['content']!r} -> reply {example.reference!r}) is in the {split!r} split of "
+                f"{example.history[-1]['content']!r} -> reply {example.reference!r}) is in the "
+                f"{trained[prompt, reference]!r} split of "
                 "the dataset; the anchor set must never be trained on. Remove that source from ingest or redraw the set.")
 
 

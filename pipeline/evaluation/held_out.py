@@ -3,26 +3,30 @@ rules a set must meet before any (minutes-long) model is loaded.
 
     examples = held_out.examples(turns, "test", max_examples=200, min_per_language=10, where="data/.../dt=...")
     dialogues = held_out.dialogues(turns, "test", max_examples=200)      # the perplexity pass's references
+    turns, about = held_out.window(turns, project, "2026-11-22", days=3, split="test")  # + 2 earlier days' test
 
 The anchor set (anchor.py) is the other evaluation set; both raise EvaluationSetError naming the set and the rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pandas as pd
 
-from pipeline.data import languages
+from pipeline.config import ProjectConfig
+from pipeline.data import languages, partitions, sources, table
 from pipeline.evaluation import EvaluationSetError
 from pipeline.model import chat_format
+from pipeline.storage import outputs
 
 
 def examples(turns: pd.DataFrame, split: str, max_examples: int | None, min_per_language: int | None,
              where: str) -> list[chat_format.EvalExample]:
-    """The first `max_examples` replies of `split` to score, checked: at least one, and `min_per_language` per
-    language (fewer makes per-language scores and promote's bootstrap noise)."""
-    found = chat_format.eval_examples(turns, split)[:max_examples]
+    """Up to `max_examples` replies of `split` to score (spread over its conversations, see `spread`), checked: at
+    least one, and `min_per_language` per language (fewer makes per-language scores and promote's bootstrap noise)."""
+    found = spread(chat_format.eval_examples(turns, split), max_examples)
     if not found:
         raise EvaluationSetError(
             f"held-out set {split!r} of {where} has 0 examples; rule: an evaluation set holds at least one "
@@ -37,6 +41,60 @@ def examples(turns: pd.DataFrame, split: str, max_examples: int | None, min_per_
     return found
 
 
+def spread(found: list[chat_format.EvalExample], max_examples: int | None) -> list[chat_format.EvalExample]:
+    """At most `max_examples` replies taken round-robin over the conversations (every conversation's first reply,
+    then every second one, ...), kept in their order. Not the first N: one long conversation of the feed holds
+    hundreds of replies, and a set of one conversation leaves promote's conversation bootstrap nothing to resample."""
+    if max_examples is None or len(found) <= max_examples:
+        return found
+    position, seen = [], Counter()
+    for example in found:
+        position.append(seen[example.conversation_id])
+        seen[example.conversation_id] += 1
+    chosen = sorted(sorted(range(len(found)), key=lambda i: position[i])[:max_examples])
+    return [found[i] for i in chosen]
+
+
+def last_turns(examples: list[chat_format.EvalExample], turns: int | None) -> list[chat_format.EvalExample]:
+    """Each prompt cut to its last `turns` turns (odd: the cut history still opens with a user turn); None: all. A
+    long conversation's late replies are then prompted with recent context, as a chat client sends it."""
+    if turns is None:
+        return examples
+    return [dataclasses.replace(e, history=e.history[-turns:]) if len(e.history) > turns else e for e in examples]
+
+
 def dialogues(turns: pd.DataFrame, split: str, max_examples: int | None) -> list[list[dict]]:
     """The held-out conversations whose reference replies the perplexity pass scores."""
     return [messages for _, _, messages in chat_format.conversations(turns, split)[:max_examples]]
+
+
+def window(tonight: pd.DataFrame, project: ProjectConfig, run_date: str, days: int,
+           split: str) -> tuple[pd.DataFrame, dict]:
+    """Tonight's partition plus the `split` conversations of the partitions of the `days - 1` days before it: the
+    held-out set the gate judges on. One feed day holds 6-11 test conversations, too few for the gate to see a gain
+    (docs/nights.md); a window of days is more, and it slides: only its newest day is new to the base model and
+    the champion (generation_cache). No candidate trained on any of it: a conversation is in `split` in every
+    partition that holds it (splits come from a hash of the conversation). A conversation tonight's partition
+    holds is taken from it, and each other one from its newest partition; a day without a partition is counted."""
+    earlier, read, missing = past_split(project, run_date, range(1, days), split, set(tonight["conversation_id"]))
+    return pd.concat([tonight, *earlier], ignore_index=True), {"days": days, "earlier_partitions": read,
+                                                             "missing_days": missing}
+
+
+def past_split(project: ProjectConfig, run_date: str, offsets: range, split: str,
+               exclude: set[str]) -> tuple[list[pd.DataFrame], list[str], int]:
+    """The `split` rows of the partitions `offsets` days before the run date (newest first), each conversation once
+    and none of `exclude`; the days read, and how many days had no partition."""
+    found, read, missing = [], [], 0
+    exclude = set(exclude)
+    for day in sources.window(run_date, offsets.stop)[offsets.start:]:
+        path = outputs.partition_dir(project, table.DATASET, day)
+        if not (path / table.TURNS_FILE).is_file():
+            missing += 1
+            continue
+        turns = partitions.read(str(path)).turns
+        turns = turns[(turns["split"] == split) & ~turns["conversation_id"].isin(exclude)]
+        exclude.update(turns["conversation_id"])  # each conversation once, from its newest partition
+        found.append(turns)
+        read.append(day)
+    return found, read, missing

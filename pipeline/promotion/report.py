@@ -55,6 +55,13 @@ def write(path: Path, evaluation_dir: Path, decision, candidate_version, history
                  f"<p>{anchor['examples']} fixed replies from {html.escape(anchor['source'])}, digest "
                  f"<code>{anchor['digest'][:12]}</code>; the same every night, never trained on.</p>",
                  metric_table(scores, "", ANCHOR)]
+    memory = evaluation.get("memory")
+    if memory and memory.get("examples"):
+        body += ["<h2>Memory set: earlier nights' held-out replies</h2>",
+                 f"<p>{memory['examples']} replies from the test split of {len(memory['partitions'])} earlier "
+                 f"partitions ({html.escape(', '.join(memory['partitions'][:5]))}"
+                 f"{', ...' if len(memory['partitions']) > 5 else ''}): what the models knew before tonight.</p>",
+                 metric_table(scores, "", "memory_")]
     prefix = ANCHOR if anchor else ""
     body += ["<h2>Last champions and tonight's candidate</h2>", history_chart(history, candidate_version, scores, prefix),
              trend_table(history, candidate_version, scores, prefix)]

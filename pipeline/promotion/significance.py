@@ -1,14 +1,19 @@
 """Paired bootstrap resampling: is the candidate better than the incumbent, or only luckier on these examples?
 
-Both models replied to the same evaluation examples. Each resample draws the example indices with replacement
-(the same indices for both models: paired) and recomputes every metric from per-example sufficient statistics:
-n-gram match counts for BLEU and chrF (sacrebleu's own statistics and scoring, as its `--paired-bs` does), and
-per-reply values for ROUGE and embedding similarity (whose corpus value is a mean). Per-language metrics use the
-same resampled indices restricted to that language. Resample weights are a (resamples x examples) count matrix, so
-every metric of every resample is one matrix product.
+Both models replied to the same evaluation examples. Each resample draws whole *conversations* with replacement (the
+same ones for both models: paired), and with a conversation every reply of it: replies of one conversation share
+their speaker, topic and history, so they are not independent, and resampling them one by one would make the
+interval too narrow. Every metric is recomputed from per-reply sufficient statistics: n-gram match counts for BLEU
+and chrF (sacrebleu's own statistics and scoring, as its `--paired-bs` does), and per-reply values for ROUGE and
+embedding similarity (whose corpus value is a mean). Per-language metrics use the same resample restricted to that
+language. Resample weights are a (resamples x replies) count matrix, so every metric of every resample is one matrix
+product.
 
 A comparison reports the observed gain (candidate - incumbent; incumbent - candidate for lower-is-better metrics),
-its percentile confidence interval and a one-sided p-value for "the gain is not above the threshold".
+its two-sided percentile interval at the confidence level, and the one-sided test the gate decides by: the p-value
+for "the gain is not above the threshold" (rule `improves`) or "not below it" (rule `drops`) and the matching
+one-sided bound. The decision is the p-value against alpha = 1 - confidence, so a check never reads `p=0.03 FAIL`
+at 95%.
 """
 
 from __future__ import annotations
@@ -43,16 +48,23 @@ class Comparison:
     high: float
     p_value: float  # one-sided, for the rule checked (see compare)
     resamples: int
+    bound: float = float("nan")  # one-sided bound at the confidence level: lower for `improves`, upper for `drops`
+    passed: bool = False  # improves: p <= alpha; drops: not (p <= alpha)
+    conversations: int = 0  # the units resampled
 
     def interval(self) -> str:
         return f"gain {self.gain:+.3f}, CI [{self.low:+.3f}, {self.high:+.3f}], p={self.p_value:.4f}"
 
 
+SETS = ("anchor", "memory")  # evaluation sets beside the held-out split; their keys carry the set's name first
+
+
 def split_key(key: str) -> tuple[str, str | None, str | None]:
-    """'anchor_rougeL_zh' -> ('rougeL', 'zh', 'anchor'); 'bleu' -> ('bleu', None, None)."""
-    prefix = None
-    if key.startswith("anchor_"):
-        prefix, key = "anchor", key.removeprefix("anchor_")
+    """'anchor_rougeL_zh' -> ('rougeL', 'zh', 'anchor'); 'memory_bleu' -> ('bleu', None, 'memory');
+    'bleu' -> ('bleu', None, None)."""
+    prefix = next((name for name in SETS if key.startswith(f"{name}_")), None)
+    if prefix:
+        key = key.removeprefix(f"{prefix}_")
     metric, _, language = key.partition("_")
     return metric, language or None, prefix
 
@@ -63,6 +75,9 @@ class PairedSamples:
     def __init__(self, samples: pd.DataFrame, models: list[str], name: str):
         self.name, self.models = name, models
         self.languages = samples["language"].astype(str).map(language_codes.primary).to_numpy()
+        # The resampling unit: a set without conversation ids (an older samples table) resamples replies.
+        units = samples["conversation_id"].astype(str) if "conversation_id" in samples else pd.RangeIndex(len(samples))
+        self.groups = pd.factorize(pd.Series(units), sort=False)[0]
         references, languages = samples["reference"].astype(str).tolist(), samples["language"].astype(str).tolist()
         self.stats: dict[tuple[str, str], np.ndarray] = {}
         ref_tokens = [metrics.bleu_tokens(r, lang) for r, lang in zip(references, languages, strict=True)]
@@ -88,12 +103,20 @@ class PairedSamples:
         return np.ones(len(self), bool) if language is None else self.languages == language
 
 
-def resample_weights(examples: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples x examples) counts: how often each example was drawn in each resample (row sums = examples)."""
+def resample_weights(groups: int | np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples x replies) counts: how often each reply was drawn in each resample.
+
+    `groups`: each reply's conversation (codes 0..G-1; PairedSamples.groups); G conversations are drawn with
+    replacement and each reply weighs as often as its conversation was drawn. An int n: n replies, each its own
+    conversation (row sums = n).
+    """
+    groups = np.arange(groups) if isinstance(groups, int) else np.asarray(groups)
+    count = int(groups.max()) + 1 if len(groups) else 0
     rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, examples, size=(resamples, examples))
-    flat = (drawn + examples * np.arange(resamples)[:, None]).ravel()
-    return np.bincount(flat, minlength=resamples * examples).reshape(resamples, examples).astype(np.float32)
+    drawn = rng.integers(0, count, size=(resamples, count))
+    flat = (drawn + count * np.arange(resamples)[:, None]).ravel()
+    per_group = np.bincount(flat, minlength=resamples * count).reshape(resamples, count).astype(np.float32)
+    return per_group[:, groups]
 
 
 def corpus_values(samples: PairedSamples, model: str, metric: str, mask: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -108,12 +131,15 @@ def corpus_values(samples: PairedSamples, model: str, metric: str, mask: np.ndar
 
 
 def compare(samples: PairedSamples, key: str, candidate: str, incumbent: str, *, threshold: float,
-            lower_is_better: bool, rule: str, confidence: float, weights: np.ndarray) -> Comparison:
-    """Gain of `candidate` over `incumbent` on metric `key`, with its interval and p-value.
+            lower_is_better: bool, rule: str, confidence: float, weights: np.ndarray,
+            min_conversations: int = 1) -> Comparison:
+    """Gain of `candidate` over `incumbent` on metric `key`, with its interval, p-value and decision.
 
     rule 'improves': p = share of resamples whose gain is <= threshold (small p: significantly better by more
-    than threshold). rule 'drops': p = share whose gain is >= threshold (small p: significantly worse than
-    threshold, which is then a negative allowance).
+    than threshold); passed when p <= alpha. rule 'drops': p = share whose gain is >= threshold (small p:
+    significantly worse than threshold, which is then a negative allowance); passed unless p <= alpha.
+    Fewer than `min_conversations` conversations cannot show anything: p = 1 (a set of one conversation resamples
+    to itself every time, a zero-width interval that would otherwise read as certainty).
     """
     metric, language, _ = split_key(key)
     mask = samples.mask(language)
@@ -126,10 +152,15 @@ def compare(samples: PairedSamples, key: str, candidate: str, incumbent: str, *,
     gains = gains[~np.isnan(gains)]
     alpha = 1 - confidence
     low, high = np.quantile(gains, [alpha / 2, 1 - alpha / 2])
-    beyond = np.count_nonzero(gains <= threshold) if rule == "improves" else np.count_nonzero(gains >= threshold)
-    p_value = (1 + beyond) / (1 + len(gains))
+    improves = rule == "improves"
+    beyond = np.count_nonzero(gains <= threshold) if improves else np.count_nonzero(gains >= threshold)
+    conversations = int(len(np.unique(samples.groups[mask])))
+    p_value = (1 + beyond) / (1 + len(gains)) if conversations >= min_conversations else 1.0
+    significant = bool(p_value <= alpha + 1e-12)  # (1 + k) / (1 + n) may land on alpha up to float rounding
+    bound = np.quantile(gains, alpha if improves else 1 - alpha)
     return Comparison(key, float(values[candidate][0]), float(values[incumbent][0]), float(gain), float(low),
-                      float(high), float(p_value), len(gains))
+                      float(high), float(p_value), len(gains), float(bound),
+                      significant if improves else not significant, conversations)
 
 
 def check_supported(samples: PairedSamples, key: str, min_examples: int) -> None:

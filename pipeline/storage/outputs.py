@@ -26,7 +26,8 @@ MANIFEST = "manifest.json"  # written last inside an output dir: its presence me
 # The files one stage writes and a later stage (or a person) reads, in runs/<dag>/<run_id>/<stage>/:
 TRAIN_CONFIG = "train_config.json"  # train/model/: the resolved train config, beside the weights (and registered)
 EVALUATION = "evaluation.json"  # evaluate/: scores, data digest, the champion version scored, cache report
-SAMPLES = {"held-out": "samples.parquet", "anchor": "samples_anchor.parquet"}  # evaluate/: per-example replies
+# evaluate/: per-example replies of each evaluation set
+SAMPLES = {"held-out": "samples.parquet", "anchor": "samples_anchor.parquet", "memory": "samples_memory.parquet"}
 PROMOTION = "promotion.json"  # promote/: the version registered and the gate's decision
 REPORT = "evaluation_report.html"  # promote/: the HTML evaluation report (also an artifact of the DAG run)
 

@@ -141,10 +141,15 @@ def download_dir(uri: str, local: Path) -> None:
 
 
 def keys(uri: str) -> list[str]:
+    return [item["Key"] for item in objects(uri)]
+
+
+def objects(uri: str) -> list[dict]:
+    """Every object under the prefix `uri`, as S3 lists it (Key, Size, ETag, LastModified, ...)."""
     bucket, prefix = split(uri)
     with _naming("list", bucket, f"{prefix}/" if prefix else ""):
         pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+        return [item for page in pages for item in page.get("Contents", [])]
 
 
 def delete_prefix(uri: str) -> None:

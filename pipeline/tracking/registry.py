@@ -10,6 +10,8 @@ back by hand are operations commands: ops/model_registry.py (`make models`, `mak
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.model.remote import download_weights, is_missing  # defined beside base models from the registry
 from pipeline.storage import outputs
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -27,14 +30,6 @@ WEIGHTS_DIGEST_TAG, TRAIN_CONFIG_TAG = "model.weights_sha256", "config.train"
 
 class RegistryError(RuntimeError):
     """The registry could not be asked (server down, database error): never the same as "no champion"."""
-
-
-def is_missing(exc: MlflowException) -> bool:
-    """True only for "this model / alias does not exist"; any other error (an outage) is not an answer."""
-    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-        return True
-    # A missing alias comes back as INVALID_PARAMETER_VALUE "Registered model alias champion not found."
-    return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in exc.message and "not found" in exc.message
 
 
 def champion(client: MlflowClient, name: str):
@@ -48,10 +43,50 @@ def champion(client: MlflowClient, name: str):
                             f"{exc.error_code}: {exc.message[:300]}") from exc
 
 
-def download_weights(name: str, version, destination: Path) -> Path:
-    """Fetch a version's Hugging Face weights (the pyfunc's `model` artifact) to a local directory."""
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination))
-    return Path(local) / "artifacts" / "model"
+class WeightsUnavailable(RuntimeError):
+    """A version's weights could not be fetched (artifact store down, artifacts deleted); retryable, and never a
+    reason to use other weights instead."""
+
+
+def cached_weights(name: str, version, cache_root: Path) -> Path:
+    """A version's weights in a cache shared by every run (`<runs_root>/.weights/<name>/v<N>/model`): downloaded
+    once into a scratch directory beside it and renamed into place. A kill mid-download leaves only scratch; two
+    runs fetching at once both succeed, the second rename fails on the first's entry and its copy is dropped.
+    Version numbers are never reused within a registered model, so an entry never goes stale."""
+    final = Path(cache_root) / name / f"v{version}"
+    if (final / "model").is_dir():
+        return final / "model"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".v{version}.tmp-", dir=final.parent))
+    try:
+        download_weights(name, version, scratch / "download").rename(scratch / "model")
+        shutil.rmtree(scratch / "download")
+        scratch.rename(final)
+    except OSError as exc:
+        if not (final / "model").is_dir():  # not "another run was first": the download itself failed
+            raise WeightsUnavailable(_unavailable(name, version, exc)) from exc
+    except Exception as exc:
+        raise WeightsUnavailable(_unavailable(name, version, exc)) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _prune(final.parent)
+    return final / "model"
+
+
+CACHED_VERSIONS = 2  # per registered model: the champion a night starts from and the one before (a rollback)
+
+
+def _prune(model_dir: Path) -> None:
+    """Keep the newest CACHED_VERSIONS entries (0.5 GB each for SmolLM2-135M); older versions are fetched again if
+    a rollback ever needs them."""
+    entries = sorted((int(p.name[1:]), p) for p in model_dir.glob("v*") if p.name[1:].isdigit())
+    for _, path in entries[:-CACHED_VERSIONS]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _unavailable(name: str, version, exc: BaseException) -> str:
+    return (f"models:/{name}/{version}: cannot fetch its weights from {mlflow.get_tracking_uri()}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 @dataclass

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from pipeline.process import termination
 from pipeline.storage import outputs, s3
 from pipeline.training import distributed
 from pipeline.training.checkpoint_seal import SEAL, UnusableCheckpoint, seal, sealed_files, verify
@@ -206,10 +206,10 @@ class StopOnSigterm(TrainerCallback):
         signal.signal(signal.SIGTERM, self._request)
 
     def _request(self, signum, frame) -> None:
-        if self.requested or not self.in_loop:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+        if self.requested:
+            termination.exit_now(signum)  # also as PID 1, where re-raising with the default action is ignored
+        if not self.in_loop:
+            termination.terminate(signum, frame)
         log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
         self.requested = True
 
@@ -218,7 +218,7 @@ class StopOnSigterm(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.in_loop = False
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        termination.install()  # the checkpoint is sealed: a SIGTERM now ends the stage like an error, at once
 
     def on_step_end(self, args, state, control, **kwargs):
         if distributed.any_rank(self.requested, args.device):

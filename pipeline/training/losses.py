@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from pipeline.model import output_head
 from pipeline.model.chat_format import IGNORE_INDEX
 
 # Labelled positions per chunk: 256 x 49,152 logits are ~50 MB in fp32, and the matrix products stay large enough
@@ -31,11 +32,7 @@ CHUNK_TOKENS = 256
 
 def supports_chunked_loss(model: torch.nn.Module) -> bool:
     """A plain linear head on a decoder whose output it reads directly (no logit scaling or soft-capping)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    config = getattr(model, "config", None)
-    scaled = any(getattr(config, name, None) not in (None, 1.0)
-                 for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"))
-    return isinstance(head, torch.nn.Linear) and getattr(model, "base_model_prefix", "") != "" and not scaled
+    return output_head.is_plain_projection(model)
 
 
 def add_chunked_loss(model: torch.nn.Module) -> None:

@@ -47,12 +47,16 @@ def bf16_supported() -> bool:
 
 
 def bf16_weights(model: torch.nn.Module) -> dict[torch.nn.Parameter, torch.Tensor]:
-    """Cast the model's trainable weights to bf16 in place; their fp32 tensors become the masters (not copied)."""
+    """Cast the model's weights to bf16 in place; the trainable ones' fp32 tensors become the masters (not copied).
+    Frozen weights (train.mode freeze or lora) are cast too, without a master: there is no autocast, so a frozen
+    fp32 layer would meet the bf16 activations of the layers around it."""
     masters = {}
     for parameter in model.parameters():
+        if not parameter.is_floating_point():
+            continue
         if parameter.requires_grad:
             masters[parameter] = parameter.data
-            parameter.data = parameter.data.to(torch.bfloat16)
+        parameter.data = parameter.data.to(torch.bfloat16)
     return masters
 
 
@@ -91,6 +95,8 @@ class MasterWeightAdamW(torch.optim.AdamW):
         super().step()
         for parameter, decay in decays:
             master, weight = self.masters[parameter], weights[parameter]
+            if master.device != weight.device:  # the Trainer moves the model to the GPU after building this optimizer
+                master = self.masters[parameter] = master.to(weight.device)
             if decay != 1:
                 master.mul_(decay)
             master.add_(parameter.data)

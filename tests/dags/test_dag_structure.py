@@ -19,11 +19,11 @@ def dag(airflow_db):
     return bag.get_dag("nightly_chat_retrain")
 
 
-def test_stages_are_chained_in_lifecycle_order(dag):
-    assert sorted(dag.task_ids) == sorted(STAGES)
+def test_stages_are_chained_in_lifecycle_order_after_the_wait_for_the_day(dag):
+    assert sorted(dag.task_ids) == sorted(["wait_for_partition", *STAGES])
     edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
-    assert edges == {("ingest", "validate"), ("validate", "train"), ("validate", "evaluate"),
-                     ("train", "evaluate"), ("evaluate", "promote")}
+    assert edges == {("wait_for_partition", "ingest"), ("ingest", "validate"), ("validate", "train"),
+                     ("validate", "evaluate"), ("train", "evaluate"), ("evaluate", "promote")}
 
 
 def test_schedule_and_params(dag):
@@ -37,6 +37,8 @@ def test_schedule_and_params(dag):
 def test_retries_timeouts_pool_and_failure_callback(dag):
     tasks = {t.task_id: t for t in dag.tasks}
     assert tasks["validate"].retries == 0  # a data contract failure is not transient
+    assert tasks["wait_for_partition"].retries == 0  # nor a day not published within the wait
+    assert tasks["wait_for_partition"].timeout == 6 * 3600
     assert {tasks[t].retries for t in ("ingest", "train", "evaluate", "promote")} == {2}
     assert tasks["train"].retry_exponential_backoff and tasks["train"].max_retry_delay.total_seconds() == 1800
     assert tasks["train"].pool == "training"
@@ -47,11 +49,17 @@ def test_retries_timeouts_pool_and_failure_callback(dag):
 def test_every_task_runs_its_stage_command(dag):
     tasks = {t.task_id: t for t in dag.tasks}
     (command,) = [line for line in tasks["evaluate"].bash_command.splitlines() if " -m pipeline " in line]
-    # PIPELINE_XCOM_FILE="$xcom_file" <python> -m pipeline evaluate ...  (runtimes.with_xcom_file wraps it)
+    # PIPELINE_XCOM_FILE="$xcom_file" <python> -m pipeline evaluate ...  (runtimes.with_xcom_file wraps it); what
+    # Airflow renders is in the task's env, the script names it: "$PIPELINE_ARG_<n>" (runtimes.shell_words)
     assert command.split()[2:5] == ["-m", "pipeline", "evaluate"]
-    assert "--run-date '{{ ds }}'" in command and "--run-id '{{ run_id }}'" in command
-    assert command.endswith("""--dataset '{{ ti.xcom_pull(task_ids="validate") }}' """
-                            """--model '{{ ti.xcom_pull(task_ids="train") }}'""")
+    assert "{{" not in tasks["evaluate"].bash_command
+    words = command.split()
+    rendered = {words[i - 1]: tasks["evaluate"].env[words[i].strip('"$')] for i in range(len(words))
+                if words[i].startswith('"$PIPELINE_ARG_')}
+    assert rendered == {"--config": "{{ params.config }}", "--run-date": "{{ ds }}", "--run-id": "{{ run_id }}",
+                        "--dag-id": "{{ dag.dag_id }}", "--run-type": "{{ dag_run.run_type }}",
+                        "--dataset": '{{ ti.xcom_pull(task_ids="validate") }}',
+                        "--model": '{{ ti.xcom_pull(task_ids="train") }}'}
 
 
 def test_dag_file_imports_no_heavy_modules():

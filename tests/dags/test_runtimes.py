@@ -37,12 +37,13 @@ def _dag(monkeypatch, runtime, tmp_path=None, **settings):
 def _argv(task) -> list[str]:
     """What runs, as argv: interpreter/launcher, -m, pipeline, stage arguments."""
     name = type(task).__name__
-    if name == "BashOperator":  # the stage's line inside the XCom-file wrapper
+    if name == "BashOperator":  # the stage's line inside the XCom-file wrapper; templates travel in task.env
         (line,) = [line for line in task.bash_command.splitlines() if " -m pipeline " in line]
-        return shlex.split(line)
+        return [task.env[word[1:]] if word.startswith("$PIPELINE_ARG_") else word for word in shlex.split(line)[1:]]
     if name == "DockerOperator":
         return [*task.entrypoint, *task.command]
-    return [*task.cmds, *task.arguments]
+    # Kubernetes keeps rendered values literal ($$ for $: runtimes.kubernetes_literal); the templates are the same
+    return [*task.cmds, *(arg.replace(" | replace('$', '$$') }}", " }}") for arg in task.arguments)]
 
 
 def _stage_args(argv: list[str]) -> list[str]:
@@ -53,11 +54,12 @@ def test_commands_are_identical_in_every_runtime(monkeypatch):
     commands = {}
     for runtime in runtimes.RUNTIMES:
         dag = _dag(monkeypatch, runtime)
-        commands[runtime] = {t.task_id: _stage_args(_argv(t)) for t in dag.tasks}
-        assert [type(t).__name__ for t in dag.tasks] == [
+        stages = [t for t in dag.tasks if t.task_id != "wait_for_partition"]  # the sensor runs where Airflow runs
+        commands[runtime] = {t.task_id: _stage_args(_argv(t)) for t in stages}
+        assert [type(t).__name__ for t in stages] == [
             {"local": "BashOperator", "docker": "DockerOperator", "kubernetes": "KubernetesPodOperator"}[runtime]] * 5
         assert {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids} == {
-            ("ingest", "validate"), ("validate", "train"), ("validate", "evaluate"), ("train", "evaluate"),
+            ("wait_for_partition", "ingest"), ("ingest", "validate"), ("validate", "train"), ("validate", "evaluate"), ("train", "evaluate"),
             ("evaluate", "promote")}
     assert commands["local"] == commands["docker"] == commands["kubernetes"]
     assert commands["local"]["train"] == ["train", "--config", "{{ params.config }}", "--run-date", "{{ ds }}",
@@ -102,13 +104,12 @@ def test_container_credentials_stay_out_of_the_serialized_dag(monkeypatch, tmp_p
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-store-me")
     dag = _dag(monkeypatch, "docker")
-    assert {t.task_id: t._private_environment["AWS_SECRET_ACCESS_KEY"] for t in dag.tasks}["ingest"] == \
-        "do-not-store-me"
+    assert dag.get_task("ingest")._private_environment["AWS_SECRET_ACCESS_KEY"] == "do-not-store-me"
     assert "do-not-store-me" not in json.dumps(DagSerialization.to_dict(dag))
 
 
 def test_kubernetes_runtime_gpus_node_selectors_secrets_and_xcom(monkeypatch):
-    tasks = {t.task_id: t for t in _dag(monkeypatch, "kubernetes").tasks}
+    tasks = {t.task_id: t for t in _dag(monkeypatch, "kubernetes").tasks if t.task_id != "wait_for_partition"}
     train, ingest = tasks["train"], tasks["ingest"]
     assert train.container_resources.limits["nvidia.com/gpu"] == "8"
     assert ingest.container_resources.requests == {"cpu": "2", "memory": "8Gi"}  # schedulable, not best-effort
@@ -131,7 +132,7 @@ def test_multi_node_training_is_an_indexed_job_with_torchrun(monkeypatch, tmp_pa
                           "--rdzv_backend=c10d", "--rdzv_endpoint=$(TRAIN_JOB_NAME)-0.chat-retrain-train:29500",
                           "--rdzv_id=$(TRAIN_JOB_NAME)", "-m", "pipeline"]
     assert train.full_pod_spec.spec.subdomain == "chat-retrain-train"
-    assert tasks["evaluate"].arguments[-1] == '{{ ti.xcom_pull(task_ids="train")[0] }}'  # one URI per node
+    assert tasks["evaluate"].arguments[-1] == "{{ ti.xcom_pull(task_ids=\"train\")[0] | replace('$', '$$') }}"  # one URI per node
 
 
 def _context(try_number: int = 1) -> dict:
@@ -289,3 +290,12 @@ def test_docker_task_decodes_the_file_the_stage_wrote(monkeypatch, tmp_path):
     task._post_execute_hook({"ti": task}, value)
     with pytest.raises(ValueError, match="task evaluate: the stage exited 0 but its PIPELINE_XCOM_FILE held no"):
         task._post_execute_hook({"ti": task}, None)  # what DockerOperator returns when the file is missing
+
+
+def test_a_stage_that_skips_skips_its_task_in_every_runtime(monkeypatch):
+    from pipeline.process import outcomes
+
+    for runtime in runtimes.RUNTIMES:
+        stages = [t for t in _dag(monkeypatch, runtime).tasks if t.task_id != "wait_for_partition"]
+        codes = [t.skip_on_exit_code for t in stages]  # an int or a list of them, as each operator stores it
+        assert all(c == outcomes.SKIPPED_EXIT_CODE or list(c) == [outcomes.SKIPPED_EXIT_CODE] for c in codes), runtime

@@ -7,6 +7,7 @@ dt=D-1 (the last complete day); manual runs and backfills keep the date they are
 
 from __future__ import annotations
 
+import ast
 import datetime
 import re
 import subprocess
@@ -28,8 +29,11 @@ def airflow(*args: str) -> str:
 
 def rendered_run_date(run: str) -> tuple[str, str]:
     """The --run-date and --run-type of the ingest command Airflow renders for a run id or logical date."""
-    command = airflow("tasks", "render", DAG_ID, "ingest", run)
-    return (re.search(r"--run-date '([^']+)'", command).group(1), re.search(r"--run-type '([^']+)'", command).group(1))
+    rendered = airflow("tasks", "render", DAG_ID, "ingest", run)
+    # the script names variables ("$PIPELINE_ARG_<n>"), the rendered values are the task's env (runtimes.shell_words)
+    env = ast.literal_eval(re.search(r"# property: env\n# -+\n(\{.*\})\n", rendered).group(1))
+    return tuple(env[re.search(rf'{flag} "\$(PIPELINE_ARG_\d+)"', rendered).group(1)]
+                 for flag in ("--run-date", "--run-type"))
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,11 @@ through Airflow's REST API while that run is in flight, as a data engineer would
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,12 +46,11 @@ PARALLELISM = 4
 
 
 def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    """As a data engineer's client would: a 503 of SQLite's lock (the scheduler is busy) is retried."""
     try:
-        with urllib.request.urlopen(request, timeout=90) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:  # the api-server's own words, not only the status
-        pytest.fail(f"POST {url} -> HTTP {error.code}: {error.read().decode(errors='replace')}")
+        return services.post_json(url, body)
+    except RuntimeError as error:  # the api-server's own words, not only the status
+        pytest.fail(str(error))
 
 
 def dag_runs(airflow_url: str) -> list[dict]:

@@ -30,7 +30,9 @@ def psql(address: str, sql: str, database: str = "postgres") -> str:
 
 
 @contextmanager
-def throwaway_cluster(databases: list[str]) -> Iterator[str]:
+def throwaway_cluster(databases: list[str], password_roles: tuple[str, ...] = ()) -> Iterator[str]:
+    """A cluster on 127.0.0.1 where `postgres` needs no password; the roles in `password_roles` log in with theirs
+    only (scram-sha-256), so a test can tell a right password from a wrong one."""
     if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
         raise RuntimeError("PostgreSQL's initdb / pg_ctl are not on PATH: apt-get install postgresql (Debian's)")
     root = Path(tempfile.mkdtemp(prefix="pg-cluster-"))  # not under pytest's 0700 temp dirs: postgres must enter
@@ -39,6 +41,10 @@ def throwaway_cluster(databases: list[str]) -> Iterator[str]:
         shutil.chown(root, "postgres", "postgres")
     try:
         _check(["initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+        if password_roles:  # pg_hba.conf: the first matching line decides
+            hba = data / "pg_hba.conf"
+            hba.write_text("".join(f"host all {role} 127.0.0.1/32 scram-sha-256\n" for role in password_roles)
+                           + hba.read_text())
         _check(["pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
         address = f"127.0.0.1:{port}"

@@ -33,7 +33,7 @@ def test_the_scheduler_ran_the_latest_complete_day_by_itself(nightly_stack):
     assert end == fired and start == fired - timedelta(days=1)
     assert datetime.fromisoformat(nightly_stack.logical_date) == start
     assert {t["task_id"]: t["state"] for t in tasks} == dict.fromkeys(
-        ["ingest", "validate", "train", "evaluate", "promote"], "success")
+        ["wait_for_partition", "ingest", "validate", "train", "evaluate", "promote"], "success")
     partition = nightly_stack.config.parent / "data" / "conversations" / f"dt={start.date()}"
     assert (partition / "manifest.json").is_file()  # trained on the day before it fired
 

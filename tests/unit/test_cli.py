@@ -69,3 +69,21 @@ def test_a_failed_stage_writes_no_xcom_file(make_config, tmp_path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2 and "no_such_setting" in result.stderr
     assert not (tmp_path / "return.json").exists()
+
+
+def test_a_skipping_stage_exits_with_the_skip_code_and_writes_no_xcom(make_config, tmp_path):
+    """An empty day with ingest.empty_day=skip: exit code 99, which every runtime's operator turns into a skipped
+    task (and skipped tasks downstream)."""
+    from dialogue_files import write_jsonl
+
+    from pipeline.process import outcomes
+
+    write_jsonl(tmp_path / "in" / "dt=2026-11-22" / "a.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    config = make_config(ingest={"sources": [{"format": "openai", "uri": str(tmp_path / "in"), "partitioned": True}],
+                                 "empty_day": "skip"})
+    env = {**os.environ, "PIPELINE_XCOM_FILE": str(tmp_path / "return.json")}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--config", str(config), "--run-date",
+                             "2026-11-22"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == outcomes.SKIPPED_EXIT_CODE == 99, result.stderr[-2000:]
+    assert "ingest skipped: empty day 2026-11-22: 0 usable conversations" in result.stderr
+    assert not (tmp_path / "return.json").exists()

@@ -16,7 +16,8 @@ SOURCES = sorted(p for folder in (*PACKAGES, "dags", "benchmarks") for p in (ROO
 # (no helper imports a stage), `cli` above the stages, and ops above all of pipeline (pipeline never imports ops).
 LAYERS = [
     {"config", "process"},
-    {"model", "storage"},
+    {"storage"},
+    {"model"},  # a base model may live on S3 (model/remote.py)
     {"data", "tracking"},
     {"training", "evaluation"},
     {"promotion", "serving"},
@@ -124,8 +125,8 @@ def test_the_checks_find_an_import_inside_a_function_and_an_upward_one(tmp_path)
     assert module_imports(source) == {"pipeline.tracking.runs", "pipeline.promote"}
     assert upward_imports({"pipeline.tracking.ui": {"pipeline.tracking.runs"}, "pipeline.data.x": {"pipeline.train"},
                            "pipeline.model.y": {"ops.stack"}}) == [
-        "pipeline.data.x (data, layer 2) imports pipeline.train (train, layer 5)",
-        "pipeline.model.y (model, layer 1) imports ops.stack (ops, layer 8)"]
+        "pipeline.data.x (data, layer 3) imports pipeline.train (train, layer 6)",
+        "pipeline.model.y (model, layer 2) imports ops.stack (ops, layer 9)"]
 
 
 def test_the_cycle_check_finds_a_cycle():
@@ -151,10 +152,21 @@ def test_every_module_has_a_test_file_named_after_it_where_a_newcomer_looks():
 
 # Modules whose tests need a tier above unit (a whole stack, a server, a real run), and where those tests are.
 TESTED_IN = {
+    "pipeline/data/locations.py": "tests/unit/data/test_sources.py",  # local and S3 locations, read as sources
     "ops/stack.py": "tests/stack/test_stack.py",  # the services brought up, a scheduled run, brought down
-    "ops/backfill.py": "tests/integration/test_backfill.py",  # a real Airflow backfill over two dates
+    "ops/backfill.py": "tests/dagruns/test_backfill.py",  # a real Airflow backfill over two dates
+    "ops/nights.py": "tests/nights/test_nights_driver.py",  # three nights through the real DAG
     "ops/chat.py": "tests/integration/test_serving.py",  # the REPL against the served champion
     "pipeline/serving/server.py": "tests/integration/test_serving.py",  # MLflow's scoring server over HTTP
     "pipeline/serving/model_code.py": "tests/integration/test_serving.py",  # what MLflow runs to build the model
     "pipeline/data/table.py": "tests/unit/test_ingest.py",  # names only: ingest writes them, validate checks them
 }
+
+
+def test_test_file_names_are_unique_across_the_tiers():
+    """The test folders are not packages, so pytest imports each file by its base name: two tiers' test_x.py clash
+    the moment one command collects both (make test collects every tier, then deselects by marker)."""
+    seen: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(path.relative_to(ROOT).as_posix())
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1}

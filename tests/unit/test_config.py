@@ -13,7 +13,7 @@ STAGE_CONFIGS = {"ingest": IngestConfig, "validate": ValidateConfig, "train": Tr
                  "evaluate": EvaluateConfig, "promote": PromoteConfig}
 
 
-@pytest.mark.parametrize("name", ["embedded.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["embedded.yaml", "tiny.yaml", "nights.yaml"])
 def test_every_shipped_config_parses(name):
     path = f"configs/{name}"
     load_project(path)

@@ -132,10 +132,26 @@ def test_nodes_require_imdsv2_with_hop_limit_one(terraform):
 def test_pipeline_pods_cannot_delete_raw_data(terraform):
     documents = {name: body for item in terraform["data"] for kind, named in item.items()
                  if kind == "aws_iam_policy_document" for name, body in named.items()}
-    deletes = [s["resources"] for s in documents["pipeline"]["statement"] if "s3:DeleteObject" in s["actions"]]
+    allows = [s for s in documents["pipeline"]["statement"] if s.get("effect", "Allow") == "Allow"]
+    deletes = [s["resources"] for s in allows if "s3:DeleteObject" in s["actions"]]
     assert deletes == [['${aws_s3_bucket.this["data"].arn}/checkpoints/*']]  # the checkpoint mirror's rotation
     attached = _resources(terraform, "aws_iam_role_policy_attachment")["pipeline"]["policy_arn"]
     assert attached == "${aws_iam_policy.pipeline.arn}"
+
+
+def test_stage_pods_cannot_write_where_the_mlflow_server_keeps_artifacts(terraform):
+    """The stages log artifacts through the MLflow server (proxied); a Deny on the server's artifact prefix keeps a
+    stage from overwriting a registered model's files, whatever its Allow statements grant."""
+    documents = {name: body for item in terraform["data"] for kind, named in item.items()
+                 if kind == "aws_iam_policy_document" for name, body in named.items()}
+    (denied,) = [s for s in documents["pipeline"]["statement"] if s.get("effect") == "Deny"]
+    assert set(denied["actions"]) == {"s3:PutObject", "s3:DeleteObject"}
+    deployment = _resources(terraform, "kubernetes_deployment_v1")["mlflow"]
+    (container,) = deployment["spec"][0]["template"][0]["spec"][0]["container"]
+    destination = container["args"][container["args"].index("--artifacts-destination") + 1]
+    bucket = '${aws_s3_bucket.this["artifacts"]'
+    assert destination == f's3://{bucket}.bucket}}/${{local.mlflow_artifact_prefix}}'
+    assert denied["resources"] == [f"{bucket}.arn}}/${{local.mlflow_artifact_prefix}}/*"]
 
 
 def test_registry_behind_auth_network_policy_and_synced_credentials(terraform):
@@ -158,3 +174,51 @@ def test_state_is_remote_encrypted_and_locked(terraform):
     (backend,) = [t["backend"] for t in terraform["terraform"] if "backend" in t]
     (s3,) = [b["s3"] for b in backend]
     assert s3["encrypt"] is True and s3["use_lockfile"] is True
+
+
+def _resolve_locals(expression: str, terraform) -> str:
+    """`${local.x}` replaced by that local's own expression (one level: what the policy and manifests name)."""
+    match = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
+    return _local(terraform, match.group(1)) if match else expression
+
+
+def test_the_secrets_operator_may_read_every_secret_an_external_secret_references(terraform):
+    """The ExternalSecret manifests are built from local.synced (mlflow.tf): every remoteRef key there must be a
+    resource of the operator's GetSecretValue statement, and nothing else may be (least privilege). With the RDS
+    secret alone, mlflow-db and chat-retrain-mlflow-auth were never created: MLflow and every stage pod waited."""
+    (manifests,) = [body for name, body in _resources(terraform, "kubernetes_manifest").items()
+                    if name == "synced_secret"]
+    assert manifests["manifest"]["kind"] == "ExternalSecret" and "remoteRef" in str(manifests["manifest"]["spec"])
+    referenced = {_resolve_locals(source[0], terraform) for secret in _local(terraform, "synced").values()
+                  for source in secret["data"].values()}
+    assert len(referenced) == 4  # the RDS master secret; the MLflow admin, the pipeline's user, the server's login
+
+    (document,) = [named["addon"] for item in terraform["data"] for kind, named in item.items()
+                   if kind == "aws_iam_policy_document" and "addon" in named]
+    statements = [block["statement"]["content"][0] for block in document["dynamic"]
+                  if "eso" in block["statement"]["for_each"]]
+    (reads,) = [s for s in statements if "secretsmanager:GetSecretValue" in s["actions"]]
+    allowed = {_resolve_locals(resource, terraform) for resource in reads["resources"]}
+    assert allowed == referenced
+    # Each of those secrets is encrypted with the key the operator may decrypt with.
+    (decrypt,) = [s for s in statements if s["actions"] == ["kms:Decrypt"]]
+    assert decrypt["resources"] == ["${aws_kms_key.this.arn}"]
+    users = _resources(terraform, "aws_secretsmanager_secret")["mlflow_users"]
+    database = _resources(terraform, "aws_db_instance")["metadata"]
+    assert users["kms_key_id"] == database["master_user_secret_kms_key_id"] == "${aws_kms_key.this.arn}"
+
+
+def test_the_mlflow_server_logs_in_as_its_own_database_user(terraform):
+    """The server's store URIs use MLflow's own role (created and made owner of its two databases by the init Job,
+    containers/mlflow/create_databases.py); the master user's URI is the init Job's alone: the Deployment takes
+    only the store URI and the Flask key from the secret, and mounts only basic_auth.ini."""
+    template = _local(terraform, "synced")["mlflow-db"]["template"]
+    own, master = "${local.mlflow_db_url}", "${local.db_url}"
+    assert own in template["MLFLOW_BACKEND_STORE_URI"] and own in template["basic_auth.ini"]
+    assert master not in template["MLFLOW_BACKEND_STORE_URI"] + template["basic_auth.ini"]
+    assert master in template["ADMIN_DATABASE_URI"] and template["MLFLOW_DB_USER"] == "{{ .mlflow_db_user }}"
+    deployment = _resources(terraform, "kubernetes_deployment_v1")["mlflow"]
+    (container,) = deployment["spec"][0]["template"][0]["spec"][0]["container"]
+    (secret_env,) = [e for e in container["dynamic"] if "env" in e]
+    assert "MLFLOW_BACKEND_STORE_URI" in secret_env["env"]["for_each"] and "ADMIN" not in secret_env["env"]["for_each"]
+    assert "env_from" not in container

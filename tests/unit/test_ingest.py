@@ -283,3 +283,120 @@ def test_each_edit_is_resolved_as_the_same_conversation(tmp_path, edit):
     assert both["conversation_id"].nunique() == len(items), f"{edit}: copies not merged ({summary['counts']})"
     assert {label: s for label, s in split_of.items() if len(s) > 1} == {}
     assert set(both["partition_date"]) == {"2026-11-02"}  # the newest copy is the one kept
+
+
+def test_read_and_quarantined_are_counted_per_source_with_its_allowance(tmp_path):
+    """Two sources: the test corpus (2 of 10 records rejected when read) and a chat log of single-speaker junk and
+    one overlong reply (dropped in cleaning, which counts against its source too): each counts its own, for
+    validate's per-source junk rate."""
+    write_jsonl(tmp_path / "in" / "dt=2026-11-22" / "a.jsonl", [
+        {"messages": [{"role": "user", "content": "anyone there?"}]},  # one speaker: no reply
+        {"messages": [{"role": "user", "content": "hello?"}]},
+        {"messages": [{"role": "user", "content": "Long?"}, {"role": "assistant", "content": "x" * 51}]},  # cleaning
+        {"messages": [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Hi. Help?"}]},
+    ])
+    logs = {"format": "openai", "uri": str(tmp_path / "in"), "partitioned": True, "language": "en",
+            "max_quarantine_ratio": 0.8}
+    _, quarantine, summary = ingest.collect(ingest.IngestConfig(sources=[CHATTERBOT, logs], max_chars=50), "2026-11-22")
+    assert summary["sources"] == [
+        {"source": "1: chatterbot " + str(CORPUS), "read": 10, "quarantined": 2, "max_quarantine_ratio": None},
+        {"source": f"2: openai {tmp_path / 'in'}", "read": 4, "quarantined": 3, "max_quarantine_ratio": 0.8}]
+    assert len(quarantine) == 5
+
+
+@pytest.mark.parametrize("choice", ["fail", "skip"])
+def test_an_empty_day_fails_or_skips_as_configured_and_writes_nothing(tmp_path, choice):
+    """The day's partition holds only single-speaker junk: nothing new to learn from, even with the static corpus
+    beside it. fail: IngestError naming the partitioned source; skip: the stage run ends saying why, the stage
+    raises Skipped (the CLI exits with the skip code), and no partition is written either way."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.process import outcomes
+
+    write_jsonl(tmp_path / "in" / "dt=2026-11-22" / "a.jsonl", [
+        {"messages": [{"role": "user", "content": "anyone?"}]}, {"messages": [{"role": "user", "content": "hi"}]}])
+    logs = {"format": "openai", "uri": str(tmp_path / "in"), "partitioned": True, "language": "en"}
+    expected = outcomes.Skipped if choice == "skip" else ingest.IngestError
+    with pytest.raises(expected, match=rf"empty day 2026-11-22: 0 usable conversations in the partitioned sources "
+                                       rf"\['{tmp_path / 'in'}'\] \(2 quarantined\); ingest.empty_day={choice}"):
+        _run(tmp_path, sources=[CHATTERBOT, logs], empty_day=choice)
+    assert not (tmp_path / "data" / "conversations" / "dt=2026-11-22").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (stage,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string="tags.`pipeline.stage` = 'ingest'")
+    assert stage.info.status == ("FINISHED" if choice == "skip" else "FAILED")
+    assert ("skipped" in stage.data.tags) == (choice == "skip")
+    with pytest.raises(ValueError, match="empty_day must be fail or skip, got 'maybe'"):
+        ingest.IngestConfig(empty_day="maybe")
+
+
+def test_a_day_whose_conversations_cleaning_quarantines_is_the_clean_error_or_an_empty_day(tmp_path):
+    """Cleaning (not reading) quarantines the only conversation of a file (a 5 MB turn): the clean "no conversation
+    could be read" error naming the reason; beside a static source it is an empty day of the feed."""
+    huge = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" * 5_000_000}]}
+    write_jsonl(tmp_path / "in" / "dt=2026-11-22" / "a.jsonl", [huge])
+    alone = {"format": "openai", "uri": str(tmp_path / "in" / "dt=2026-11-22" / "a.jsonl"), "language": "en"}
+    with pytest.raises(ingest.IngestError, match=r"no conversation could be read .*\(1 rejected, e\.g\. \[.*a\.jsonl"
+                                                 r":1: turn 2: 5000000 characters, over max_chars=2000"):
+        ingest.collect(ingest.IngestConfig(sources=[alone]), "2026-11-22")
+    feed = {"format": "openai", "uri": str(tmp_path / "in"), "partitioned": True, "language": "en"}
+    with pytest.raises(ingest.IngestError, match=r"empty day 2026-11-22: 0 usable conversations .*\(1 quarantined\)"):
+        ingest.collect(ingest.IngestConfig(sources=[CHATTERBOT, feed]), "2026-11-22")
+
+
+def test_a_leading_system_message_is_dropped_and_counted(tmp_path):
+    persona = {"messages": [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "who are you"},
+                            {"role": "assistant", "content": "Ada, at your service."}]}
+    plain = {"messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]}
+    write_jsonl(tmp_path / "a.jsonl", [persona, plain])
+    turns, _, summary = ingest.collect(ingest.IngestConfig(
+        sources=[{"format": "openai", "uri": str(tmp_path / "a.jsonl"), "language": "en"}]), "2026-11-22")
+    assert summary["counts"]["system_messages_dropped"] == 1 and summary["counts"]["conversations"] == 2
+    assert "You are Ada." not in set(turns["text"])
+
+
+def test_a_replay_source_and_its_near_copies_are_split_replay_never_test(tmp_path):
+    """ingest.sources[].role: replay (a static set beside a feed): all its conversations are split 'replay', and
+    so is a re-cased copy of one that arrives in tonight's data (with near_dedup off both survive), so tonight's
+    held-out split is the nightly sources' alone and never holds what replay may train on."""
+    static = write_jsonl(tmp_path / "static.jsonl", [_conversation(item) for item in range(200)])
+    fresh = write_jsonl(tmp_path / "fresh.jsonl", [_conversation(item) for item in range(1000, 1400)]
+                        + [_edited(item, "upper case") for item in range(200)])
+    turns, _, summary = ingest.collect(ingest.IngestConfig(near_dedup=False, sources=[
+        {"format": "openai", "uri": str(fresh)}, {"format": "openai", "uri": str(static), "role": "replay"}]),
+        "2026-11-22")
+    first = turns[turns["turn_index"] == 0].assign(label=lambda t: t["text"].map(_label))
+    assert set(first.loc[first["source"].str.endswith("static.jsonl"), "split"]) == {"replay"}
+    copies = first[first["source"].str.endswith("fresh.jsonl") & (first["label"] < 200)]
+    assert len(copies) == 200 and set(copies["split"]) == {"replay"}
+    assert set(first.loc[first["label"] >= 1000, "split"]) == {"train", "validation", "test"}
+    with pytest.raises(ValueError, match="role 'static' is not one of"):
+        sources.SourceConfig(format="openai", uri="x", role="static")
+
+
+def test_conversations_outside_the_configured_languages_are_quarantined_and_counted_per_language(tmp_path):
+    """The report of a new user: 80 English / Chinese conversations with 3 Korean, 3 German and a two-word exchange
+    failed the night ("languages: 14 unexpected"). With ingest.languages they are quarantined, counted per language,
+    and the junk-rate rule judges them; the partition holds the configured languages only. A day of nothing else is
+    the clean error."""
+    records = [openai_record(n, turns=4) for n in range(40)] + [openai_record(n, 4, "zh") for n in range(40)]
+    korean = [{"messages": [{"role": "user", "content": f"안녕하세요, 오늘 날씨가 정말 좋네요 {n}번"},
+                            {"role": "assistant", "content": "네, 산책하기 좋은 날씨입니다. 어디로 가실 건가요?"}]}
+              for n in range(3)]
+    german = [{"messages": [{"role": "user", "content": f"Guten Morgen, wie geht es dir heute, mein Freund {n}?"},
+                            {"role": "assistant", "content": "Danke, mir geht es sehr gut. Und wie geht es dir?"}]}
+              for n in range(3)]
+    tiny = [{"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "👍"}]}]
+    path = write_jsonl(tmp_path / "logs.jsonl", records + korean + german + tiny)
+    config = ingest.IngestConfig(languages=["en", "zh"], sources=[{"format": "openai", "uri": str(path)}])
+    turns, quarantine, summary = ingest.collect(config, "2026-11-22")
+    assert set(turns["language"]) == {"en", "zh"} and turns["conversation_id"].nunique() == 80
+    counts = summary["counts"]
+    assert counts["rejected.language.ko"] == 3 and counts["rejected.language.de"] == 3
+    assert sum(v for k, v in counts.items() if k.startswith("rejected.language.")) == 7 == counts["rejected.language"]
+    assert summary["sources"][0]["quarantined"] == 7  # what validate's per-source junk-rate rule judges
+    assert {row["reason"].split(" is")[0] for row in quarantine} >= {"language: ko", "language: de"}
+    only_german = write_jsonl(tmp_path / "de.jsonl", german)
+    with pytest.raises(ingest.IngestError, match=r"no conversation could be read .*3 rejected.*language: de is not"):
+        ingest.collect(ingest.IngestConfig(languages=["en"], sources=[{"format": "openai", "uri": str(only_german)}]),
+                       "2026-11-22")

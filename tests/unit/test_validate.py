@@ -63,6 +63,13 @@ def test_each_broken_rule_is_caught_by_name(turns, manifest, breakage, rule):
     assert f"- {rule} [" in report["critical_message"] and "protects: " in report["critical_message"]
 
 
+def test_a_replay_split_passes_and_an_unknown_split_name_does_not(turns, manifest):
+    """ingest.sources[].role: replay writes split 'replay' (a static set beside a feed); other names are errors."""
+    first = turns["conversation_id"] == turns.loc[turns["split"] == "train", "conversation_id"].iloc[0]
+    assert broken(turns.assign(split=turns["split"].mask(first, "replay")), manifest)[:2] == (set(), set())
+    assert "split_values" in broken(turns.assign(split=turns["split"].mask(first, "static")), manifest)[0]
+
+
 def test_conversation_in_two_splits_is_leakage(turns, manifest):
     leaked = turns.copy()
     rows = leaked.index[leaked["conversation_id"] == leaked["conversation_id"].iloc[0]]
@@ -78,7 +85,8 @@ def test_too_few_conversations_in_a_split(turns, manifest):
 
 def test_ratio_rules_soft_by_default_and_configurable(turns, manifest):
     noisy = {**manifest, "counts": {**manifest["counts"], "read": 100, "rejected": 30, "duplicates.exact": 60,
-                                    "pii.turns": 5, "turns_read": 100}}
+                                    "pii.turns": 5, "turns_read": 100},
+             "sources": [{"source": "1: openai s3://logs", "read": 100, "quarantined": 30, "max_quarantine_ratio": None}]}
     critical, warnings, _ = broken(turns, noisy)
     assert critical == {"quarantine_ratio"} and warnings == {"duplicate_ratio", "pii_ratio"}
     strict = validate.ValidateConfig(min_conversations={"train": 1}, severity={"pii_ratio": "critical",
@@ -113,3 +121,18 @@ def test_data_docs_under_a_relative_runs_root(turns, manifest, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)  # configs/embedded.yaml uses runs_root: runs
     validate.check(turns, manifest, LENIENT, docs_dir=Path("runs") / "data_docs")
     assert (tmp_path / "runs" / "data_docs" / "index.html").is_file()
+
+
+def test_the_junk_rate_is_judged_per_source_with_its_own_allowance(turns, manifest):
+    """A chat log whose sessions are 45% single-speaker (allowed 50%) beside a corpus that suddenly quarantines 12%
+    (allowed the default 5%): the corpus fails, named with its counts; the chat log's expected junk does not hide it,
+    nor does it fail the night itself."""
+    feed = {"source": "1: openai s3://chat-logs/openai", "read": 200, "quarantined": 90, "max_quarantine_ratio": 0.5}
+    corpus = {"source": "2: chatterbot package", "read": 100, "quarantined": 12, "max_quarantine_ratio": None}
+    strict = validate.ValidateConfig(min_conversations={"train": 1}, max_duplicate_ratio=0.5)
+    critical, _, report = broken(turns, {**manifest, "sources": [feed, corpus]}, strict)
+    assert critical == {"quarantine_ratio"}
+    assert "source 2: chatterbot package: 12 of 100 quarantined (12.0%), allowed 5.0%" in report["critical_message"]
+    assert "chat-logs" not in report["critical_message"]
+    assert broken(turns, {**manifest, "sources": [feed, {**corpus, "quarantined": 3}]}, strict)[0] == set()
+    assert broken(turns, {**manifest, "sources": [{**feed, "quarantined": 120}]}, strict)[0] == {"quarantine_ratio"}

@@ -114,3 +114,22 @@ def test_missing_language_directory_and_bad_config_are_named(tmp_path):
         SourceConfig(format="csv", uri="x")
     with pytest.raises(ValueError, match="a openai source needs a uri"):
         SourceConfig(format="openai")
+
+
+def test_with_a_marker_only_published_days_are_read(tmp_path):
+    """The run date unpublished or changed after publishing: refused, named. An earlier day of the window
+    unpublished: skipped with the rest read (a day still late is no reason to lose the night)."""
+    from pipeline.data import markers
+
+    for day, number in [("2026-11-21", 1), ("2026-11-22", 2)]:
+        write_jsonl(tmp_path / f"dt={day}" / "a.jsonl", [openai_record(number)])
+    source = SourceConfig(format="openai", uri=str(tmp_path), partitioned=True, marker=True)
+    with pytest.raises(SourceError, match=r"dt=2026-11-22: no _SUCCESS marker"):
+        _read(source, window_days=2)
+    today = tmp_path / "dt=2026-11-22"
+    (today / markers.NAME).write_bytes(markers.encode(markers.describe(today)))
+    conversations, _, partitions = _read(source, window_days=2)
+    assert [p.partition_date for p in partitions] == ["2026-11-22"] and len(conversations) == 1
+    write_jsonl(today / "a.jsonl", [openai_record(3)])  # rewritten after the marker
+    with pytest.raises(SourceError, match=r"dt=2026-11-22/a.jsonl: sha256 [0-9a-f]{64}, but _SUCCESS says [0-9a-f]{64}"):
+        _read(source, window_days=2)

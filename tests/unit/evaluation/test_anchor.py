@@ -31,7 +31,7 @@ def test_draw_is_deterministic_short_and_english(chitchat):
         assert len(example.reference.split()) >= anchor.MIN_REPLY_WORDS and example.reference.isascii()
 
 
-@pytest.mark.parametrize("name", ["embedded.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["embedded.yaml", "tiny.yaml", "nights.yaml"])
 def test_shipped_configs_pin_the_digest_of_their_anchor_set(name):
     config = load_section(REPO / "configs" / name, "evaluate", EvaluateConfig)
     anchor_set = anchor.load(anchor.settings(config.anchor))  # raises if the installed package drew another set
@@ -82,6 +82,8 @@ def test_an_anchor_dialogue_in_the_training_split_is_refused(chitchat):
                           "role": ["user", "assistant"] * 2, "split": ["train"] * 4})
     with pytest.raises(EvaluationSetError, match=f"example {leaked.conversation_id} .* 'train' split"):
         anchor.assert_not_trained_on(anchor_set, turns)
+    with pytest.raises(EvaluationSetError, match="'replay' split"):  # a replay source's: trained on as replayed
+        anchor.assert_not_trained_on(anchor_set, turns.assign(split="replay"))
     anchor.assert_not_trained_on(anchor_set, turns.assign(split="test"))  # held out: allowed
     anchor.assert_not_trained_on(anchor_set, turns.iloc[[0, 1, 3]])  # prompt without the reply after it: allowed
 
@@ -109,3 +111,15 @@ def test_the_report_charts_the_anchor_set_and_its_trend(tmp_path):
     trend = pd.read_html(io.StringIO(trend_html), index_col=0)[0]
     assert float(trend.loc["anchor_similarity", "vs latest champion"]) == 2.0  # candidate 20.0 vs v2's 18.0
     assert trend.loc["anchor_bleu", "v1"] == "-" and float(trend.loc["anchor_bleu", "vs oldest charted"]) == 0.5
+
+
+def test_outside_the_feed_the_set_shares_no_conversation_with_the_nights():
+    """The dated feed (ops/chat_feed.py) carries the same package's other conversations; drawn with
+    outside_feed_only, no anchor conversation can reach a night's data."""
+    config = anchor.settings({**CHITCHAT, "size": 64, "outside_feed_only": True})
+    with pytest.raises(EvaluationSetError, match=r"outside the feed, size 64, seed 0\): no digest pinned") as error:
+        anchor.load(config)
+    digest = str(error.value).rsplit(" ", 1)[-1]
+    anchor_set = anchor.load(anchor.settings({**CHITCHAT, "size": 64, "outside_feed_only": True, "digest": digest}))
+    ids = {example.conversation_id.split("#")[0] for example in anchor_set.examples}
+    assert len(ids) == 64 and all(anchor.outside_feed(cid) for cid in ids)

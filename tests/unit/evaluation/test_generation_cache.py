@@ -1,6 +1,7 @@
 """The generation cache: the second night reuses the base model's replies (same scores, and the same as with the
-cache off), a new candidate is never served from it, a change to the weights, the examples or the settings is a
-miss, and a damaged entry is recomputed with a warning, never trusted."""
+cache off), a new candidate is never served from it, a change to the weights or the settings is a miss, a changed
+prompt or reference recomputes that reply or perplexity part alone, a reply is found again in another set, and a
+damaged entry is recomputed with a warning, never trusted."""
 
 from __future__ import annotations
 
@@ -118,11 +119,14 @@ def test_night_two_reuses_the_base_models_replies_and_scores_them_as_if_computed
     tags, metrics = runs["night-2"].data.tags, runs["night-2"].data.metrics
     assert (tags["evaluate.cache.base"], tags["evaluate.cache.base.anchor"], tags["evaluate.cache.candidate"]) == (
         "hit", "hit", "miss")
-    assert (metrics["evaluate/cache_hits"], metrics["evaluate/cache_misses"]) == (2, 2)
+    replies = len(two_samples) + len(two_anchor)  # per model: the held-out and anchor replies
+    assert (metrics["evaluate/cache_hits"], metrics["evaluate/cache_misses"]) == (replies, replies)
+    assert two["cache"]["replies_reused"]["base"] == {"held_out": [len(two_samples)] * 2, "anchor": [8, 8]}
     assert runs["night-2-uncached"].data.tags["evaluate.cache"] == "off"
-    # The entries live in one run of the experiment, finished (a store, not a job): 2 models x 2 sets, then 2 more.
+    # The entries live in one run of the experiment, finished (a store, not a job): a folder per model (and
+    # settings): the base model, then each night's candidate.
     (store,) = client.search_runs([runs["night-2"].info.experiment_id], "tags.`pipeline.level` = 'generation_cache'")
-    assert store.info.status == "FINISHED" and len(client.list_artifacts(store.info.run_id, "entries")) == 6
+    assert store.info.status == "FINISHED" and len(client.list_artifacts(store.info.run_id, "entries")) == 3
 
 
 @pytest.fixture
@@ -136,13 +140,14 @@ SCORING = evaluate.EvaluateConfig(max_examples=8, max_new_tokens=6, batch_size=4
 
 def score_base(reference, examples, cache, config=SCORING, system_prompt=SYSTEM_PROMPT):
     turns, held_out = examples
-    scores, columns, _ = evaluate.evaluate_model(str(reference), held_out, turns, config, system_prompt, "base",
-                                                 cache=cache)
-    return scores, columns, cache and cache.outcomes["base"]["held_out"]
+    scores, columns = evaluate.evaluate_model(str(reference), held_out, turns, config, system_prompt, "base",
+                                              cache=cache)
+    columns = columns["held-out"]
+    return scores, columns, cache and cache.outcomes()["base"]["held_out"]
 
 
-@pytest.mark.parametrize("change", ["weights", "examples", "max_new_tokens", "max_seq_length", "system_prompt"])
-def test_a_change_to_what_determines_the_replies_is_a_miss(tmp_path, tiny_model_dir, examples, change):
+@pytest.mark.parametrize("change", ["weights", "max_new_tokens", "max_seq_length", "system_prompt"])
+def test_a_change_to_the_model_or_settings_is_a_miss(tmp_path, tiny_model_dir, examples, change):
     cache = generation_cache.open_cache(True, str(tmp_path / "cache"), experiment_id="")
     scores, columns, outcome = score_base(tiny_model_dir, examples, cache)
     assert outcome == "miss" and score_base(tiny_model_dir, examples, cache) == (scores, columns, "hit")
@@ -150,14 +155,52 @@ def test_a_change_to_what_determines_the_replies_is_a_miss(tmp_path, tiny_model_
     reference, config, system_prompt = tiny_model_dir, SCORING, SYSTEM_PROMPT
     if change == "weights":
         reference = model_copy(tiny_model_dir, tmp_path / "retrained", nudge=0.05)
-    if change == "examples":
-        turns, held_out = examples
-        examples = turns, [*held_out[:-1], chat_format.EvalExample(**{**held_out[-1].__dict__, "reference": "Hi."})]
     if change in ("max_new_tokens", "max_seq_length"):
         config = dataclasses.replace(SCORING, **{change: {"max_new_tokens": 5, "max_seq_length": 64}[change]})
     if change == "system_prompt":
         system_prompt = "You are a terse chatbot."
     assert score_base(reference, examples, cache, config, system_prompt)[2] == "miss"
+
+
+@pytest.mark.parametrize("change", ["prompt", "reference"])
+def test_a_changed_example_recomputes_only_what_it_changes(tmp_path, tiny_model_dir, examples, change):
+    """A new prompt needs its reply (the others are reused); an edited reference keeps its reply, and only its
+    dialogue's perplexity part is measured again. Either way the scores are those of a full recomputation."""
+    turns, held_out = examples
+
+    def score(anchor_set, cache):
+        scores, columns = evaluate.evaluate_model(str(tiny_model_dir), held_out, turns, SCORING, SYSTEM_PROMPT,
+                                                  "base", extra={"anchor": anchor_set}, cache=cache)
+        return scores, columns["anchor"]
+
+    cache = generation_cache.open_cache(True, str(tmp_path / "cache"), experiment_id="")
+    score(held_out, cache)
+    last = held_out[-1]
+    if change == "prompt":
+        edited = chat_format.EvalExample(**{**last.__dict__, "history": [{"role": "user", "content": "Bonjour"}]})
+    else:
+        edited = chat_format.EvalExample(**{**last.__dict__, "reference": "Hi."})
+    changed = [*held_out[:-1], edited]
+    scores, columns = score(changed, cache)
+    assert cache.outcomes()["base"] == {"held_out": "hit", "anchor": "partial"}
+    assert cache.reused["base"]["anchor"][:2] == (len(held_out) - (change == "prompt"), len(held_out))
+    full_scores, full_columns = score(changed, None)
+    assert columns["base"] == full_columns["base"]
+    assert scores == pytest.approx(full_scores, rel=1e-6)  # a part measured in another batch: the last bits
+
+
+def test_a_reply_is_found_again_in_another_set(tmp_path, tiny_model_dir, examples):
+    """Tonight's held-out replies are a later night's memory set: the same prompts, under another set's name."""
+    cache = generation_cache.open_cache(True, str(tmp_path / "cache"), experiment_id="")
+    turns, held_out = examples
+    evaluate.evaluate_model(str(tiny_model_dir), held_out, turns, SCORING, SYSTEM_PROMPT, "base", cache=cache)
+    later = generation_cache.open_cache(True, str(tmp_path / "cache"), experiment_id="")
+    _, columns = evaluate.evaluate_model(str(tiny_model_dir), held_out[:2], turns, SCORING, SYSTEM_PROMPT, "base",
+                                         extra={"memory": held_out[2:]}, cache=later)
+    assert later.reused["base"]["memory"][:2] == (len(held_out) - 2, len(held_out) - 2)
+    assert later.counts() == {"hits": len(held_out), "misses": 0}  # no reply generated
+    # The held-out perplexity is of whole conversations, a memory example's of its prompt and reply: measured.
+    assert later.outcomes()["base"] == {"held_out": "hit", "memory": "partial"}
 
 
 def test_bookkeeping_beside_the_weights_is_not_part_of_their_digest(tmp_path, tiny_model_dir):
@@ -176,7 +219,7 @@ def _damage_by_truncation(entry: Path, other: Path) -> None:
 
 def _damage_by_editing_a_reply(entry: Path, other: Path) -> None:
     content = json.loads(entry.read_text())
-    content["outputs"]["replies"][0] = "an edited reply"
+    content["replies"][next(iter(content["replies"]))] = "an edited reply"
     entry.write_text(json.dumps(content))
 
 
@@ -189,24 +232,24 @@ def test_a_damaged_entry_is_recomputed_with_a_warning_never_trusted(tmp_path, ti
                                                                    caplog):
     cache = generation_cache.open_cache(True, str(tmp_path / "cache"), experiment_id="")
     score_base(tiny_model_dir, examples, cache, dataclasses.replace(SCORING, max_new_tokens=3))
-    (other,) = (tmp_path / "cache" / "entries").glob("*/entry.json")
+    (other,) = (tmp_path / "cache" / "entries").glob("*/*.json")
     scores, columns, _ = score_base(tiny_model_dir, examples, cache)
-    (entry,) = set((tmp_path / "cache" / "entries").glob("*/entry.json")) - {other}
+    (entry,) = set((tmp_path / "cache" / "entries").glob("*/*.json")) - {other}
     damage(entry, other)
 
     assert score_base(tiny_model_dir, examples, cache) == (scores, columns, "miss")
-    assert any(r.levelname == "WARNING" and entry.parent.name in r.getMessage() for r in caplog.records)
+    assert any(r.levelname == "WARNING" and entry.name in r.getMessage() for r in caplog.records)
     assert score_base(tiny_model_dir, examples, cache) == (scores, columns, "hit")  # rewritten whole
 
 
 def test_entries_in_s3_are_found_by_another_process(s3_server):
     bucket = s3_server()
-    key = generation_cache.Key("weights", "examples", {"max_new_tokens": 6})
-    computed = generation_cache.Outputs(["你好。", "Hello there."], 12.5)
+    key = generation_cache.Key("weights", {"max_new_tokens": 6})
+    computed = generation_cache.Known({"p1": "你好。", "p2": "Hello there."}, {"d1": [12.5, 4]})
     generation_cache.open_cache(True, f"s3://{bucket}/cache", experiment_id="").put(key, computed)
     reader = generation_cache.open_cache(True, f"s3://{bucket}/cache", experiment_id="")  # a fresh client
-    assert reader.get(key, 2, "base", "held_out") == computed and reader.outcomes == {"base": {"held_out": "hit"}}
-    assert reader.get(generation_cache.Key("weights", "examples", {"max_new_tokens": 7}), 2, "base", "held_out") is None
+    assert reader.known(key, "base") == computed
+    assert reader.known(generation_cache.Key("weights", {"max_new_tokens": 7}), "base") == generation_cache.Known()
 
 
 def test_a_store_that_fails_is_asked_once_and_the_evaluation_goes_on(s3_server, tiny_model_dir, examples, caplog):

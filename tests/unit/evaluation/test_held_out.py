@@ -1,4 +1,4 @@
-"""The held-out set: the first replies of the split, checked before any model is loaded: at least one, and enough
+"""The held-out set: replies of the split spread over its conversations, checked before any model is loaded: at least one, and enough
 per language for per-language scores and promote's bootstrap to mean something."""
 
 import pandas as pd
@@ -35,3 +35,16 @@ def test_too_few_replies_in_one_language_is_an_error_naming_it():
     with pytest.raises(EvaluationSetError, match=r"zh: 3 examples; rule: at least 10 per language"):
         held_out.examples(table, "test", None, 10, "dt=x")
     assert len(held_out.examples(table, "test", None, 3, "dt=x")) == 13
+
+
+def test_a_capped_set_spreads_over_conversations_instead_of_taking_one_long_conversation():
+    """A feed conversation of 100 replies first in order must not be the whole capped set: the set takes every
+    conversation's first reply, then the second ones, ... (a set of one conversation gives promote's conversation
+    bootstrap nothing to resample)."""
+    rows = [{"conversation_id": "a-long", "turn_index": i, "role": "user" if i % 2 == 0 else "assistant",
+             "text": f"turn {i}", "language": "en", "split": "test"} for i in range(200)]
+    frame = pd.concat([pd.DataFrame(rows), turns(["en"] * 6)], ignore_index=True)
+    found = held_out.examples(frame, "test", max_examples=10, min_per_language=None, where="p")
+    assert len(found) == 10 and len({e.conversation_id for e in found}) == 7
+    assert [e.reference for e in found if e.conversation_id == "a-long"] == ["turn 1", "turn 3", "turn 5", "turn 7"]
+    assert held_out.spread(found, None) == found

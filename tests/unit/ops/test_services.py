@@ -1,10 +1,15 @@
 """Process records of `ops.stack`: a pid is ours only with its start time; strays are found by a marker."""
 
+import http.server
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+
+import pytest
 
 from ops import services
 
@@ -78,3 +83,57 @@ def test_airflows_engine_waits_out_a_lock_longer_than_sqlites_default_5_s(tmp_pa
         holder.close()
     assert writer.returncode == 0, out
     assert float(out.split()[-1]) >= 5.5, out
+
+
+
+@pytest.fixture
+def answering():
+    """A real HTTP server on 127.0.0.1 answering POSTs with the codes it is given in turn (then 200)."""
+    servers = []
+
+    def serve(codes: list[int]) -> tuple[str, list]:
+        bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                code = codes.pop(0) if codes else 200
+                answer = {200: {"id": len(bodies)}, 503: {"detail": "Database is locked."},
+                          422: {"detail": "from_date must be before to_date"}}[code]
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps(answer).encode())
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/api/v2/backfills", bodies
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def test_a_locked_database_answer_is_retried_until_the_post_goes_through(answering):
+    url, bodies = answering([503, 503])
+    assert services.post_json(url, {"dag_id": "d"}, pause=0.05) == {"id": 3}
+    assert bodies == [{"dag_id": "d"}] * 3
+
+
+def test_a_client_error_is_said_at_once_in_the_servers_words_and_never_retried(answering):
+    url, bodies = answering([422])
+    with pytest.raises(RuntimeError, match=r"POST .*/backfills -> HTTP 422: .*from_date must be before to_date"):
+        services.post_json(url, {"a": 1}, pause=0.05)
+    assert len(bodies) == 1
+
+
+def test_a_lock_that_lasts_is_an_error_after_busy_for(answering):
+    url, bodies = answering([503] * 1000)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"HTTP 503: .*Database is locked"):
+        services.post_json(url, {}, busy_for=0.5, pause=0.1)
+    assert time.monotonic() - started < 5 and 2 <= len(bodies) <= 7

@@ -33,7 +33,7 @@ def judge(table: pd.DataFrame, champion_column: str | None = None, config: Promo
     scores = {m: metrics.score(table[m].tolist(), table["reference"].tolist(), table["language"].tolist())
               for m in models}
     evidence = gate.Evidence(held_out=samples, weights={"held-out": significance.resample_weights(
-        len(samples), config.resamples, config.seed)})
+        samples.groups, config.resamples, config.seed)})
     champion = SimpleNamespace(version=1, tags={}) if champion_column else None
     return gate.decide(config, scores, champion, "scheduled", evidence)
 
@@ -43,7 +43,7 @@ def test_the_real_first_night_is_a_significant_gain(night):
     assert decision.promote, decision.checks
     bleu = next(c for c in decision.comparisons if c["metric"] == "bleu")
     assert 0 < bleu["low"] < bleu["gain"] < bleu["high"] and bleu["p_value"] < 0.025
-    assert "95% CI of the gain [" in decision.reason
+    assert "one-sided 95% lower bound of the gain " in decision.reason and "; 95% CI [" in decision.reason
     assert {c["metric"] for c in decision.comparisons} == {"bleu", "rougeL", "chrf1", "rougeL_zh"}
 
 
@@ -154,3 +154,53 @@ def test_backfill_never_moves_champion_unless_allowed():
     assert not blocked.promote and "blocked: backfill run" in blocked.reason
     allowed = gate.decide(PromoteConfig(allow_backfill_promotion=True), SCORES, None, "backfill")
     assert allowed.promote
+
+
+def three_models(table: pd.DataFrame, config: PromoteConfig):
+    models = ["candidate", "champion", "base"]
+    samples = significance.PairedSamples(table, models, "held-out")
+    scores = {m: metrics.score(table[m].tolist(), table["reference"].tolist(), table["language"].tolist())
+              for m in models}
+    evidence = gate.Evidence(held_out=samples, weights={"held-out": significance.resample_weights(
+        samples.groups, config.resamples, config.seed)})
+    return gate.decide(config, scores, SimpleNamespace(version=4, tags={}), "scheduled", evidence)
+
+
+def test_the_base_floor_blocks_a_candidate_far_below_the_base_model_whoever_the_champion_is(night):
+    """Champion v4 already lost the Chinese replies (each night within its allowance, say); the candidate beats it
+    overall and equals it in Chinese, so no guard against the champion fires. The floor against the base model does.
+    (The base model here answers as the real fine-tuned model did: rougeL_zh 20.7 against the candidate's 7.0.)"""
+    zh = night["language"] == "zh"
+    table = night.assign(base=night["candidate"], candidate=night["candidate"].where(~zh, "好"),
+                         champion=night["base"].where(~zh, "好"))
+    config = PromoteConfig(gate_metric="rougeL_en", max_regression={"rougeL_zh": 2.0}, base_floor={"rougeL_zh": 0.0})
+    decision = three_models(table, config)
+    floor = next(c for c in decision.comparisons if c["name"] == "base_floor.rougeL_zh")
+    guard = next(c for c in decision.comparisons if c["name"] == "rougeL_zh")
+    assert guard["passed"] and guard["against"] == "champion v4"
+    assert not floor["passed"] and floor["against"] == "base model" and floor["high"] < 0
+    assert not decision.promote and "rougeL_zh significantly below the base model beyond 0.0 (base_floor)" in decision.reason
+    assert any(line.startswith("FAIL rougeL_zh") and "vs base model" in line for line in decision.checks)
+    unguarded = three_models(table, PromoteConfig(gate_metric="rougeL_en", max_regression={"rougeL_zh": 2.0}))
+    assert unguarded.promote, unguarded.checks  # the same candidate without a floor moves champion
+
+
+def test_a_floor_without_base_scores_fails_closed():
+    scores = {"candidate": {"bleu": 10.0, "anchor_rougeL": 9.0}, "champion": {"bleu": 4.0, "anchor_rougeL": 9.0}}
+    config = PromoteConfig(max_regression={}, base_floor={"anchor_rougeL": 0.0})
+    decision = gate.decide(config, scores, SimpleNamespace(version=2, tags={}), "scheduled")
+    assert not decision.promote and "floor anchor_rougeL not checked" in decision.reason
+    assert "FAIL floor anchor_rougeL: the base model was not scored" in decision.checks[-1]
+
+
+def test_keys_of_a_set_with_nothing_to_score_tonight_are_skipped_not_typos():
+    """The memory set is empty on the first night: its guard says so and does not block; a misspelt key still stops."""
+    scores = {"candidate": {"bleu": 10.0, "rougeL": 9.0}, "base": {"bleu": 4.0, "rougeL": 9.0}}
+    config = PromoteConfig(max_regression={"memory_rougeL": 2.0})
+    gate.check_metric_names(config, scores)
+    decision = gate.decide(config, scores, None, "scheduled")
+    assert decision.promote and "SKIP memory_rougeL: tonight's evaluation has no memory set to score" in decision.checks
+    with pytest.raises(ConfigError, match="unknown metric 'memory_rougel'"):
+        gate.check_metric_names(PromoteConfig(max_regression={"memory_rougel": 2.0}), scores)
+    first = gate.decide(PromoteConfig(gate_metric="memory_bleu", max_regression={}), scores, None, "scheduled")
+    assert not first.promote and "no memory set to score" in first.reason

@@ -42,3 +42,18 @@ def test_the_report_leads_with_the_decision_and_escapes_every_reply(tmp_path):
     assert report.history_points(history, SimpleNamespace(version="2"), SCORES, "anchor_") == [
         ("v1", {"bleu": 1.2, "rougeL": None, "chrf1": None, "similarity": None}),
         ("v2 (candidate)", {"bleu": 1.5, "rougeL": None, "chrf1": None, "similarity": None})]
+
+
+def test_the_memory_set_has_its_own_section_once_there_is_one(tmp_path):
+    directory = evaluation_dir(tmp_path)
+    evaluation = json.loads((directory / outputs.EVALUATION).read_text())
+    decision = gate.Decision(False, "bleu", 7.5, 7.4, "champion v1", "no", [])
+    ctx = RunContext("2026-11-23", "scheduled__2026-11-23", "nightly", "scheduled")
+    first = report.write(tmp_path / "first.html", directory, decision, SimpleNamespace(version="2"), [], ctx)
+    assert "Memory set" not in first.read_text()  # the first night has no earlier partition
+    scores = {model: {**values, "memory_rougeL": 30.0 + index} for index, (model, values) in enumerate(SCORES.items())}
+    (directory / outputs.EVALUATION).write_text(json.dumps({**evaluation, "scores": scores, "memory": {
+        "examples": 64, "partitions": ["2026-11-22", "2026-11-21"], "missing_days": 28, "candidates": 300}}))
+    page = report.write(tmp_path / "later.html", directory, decision, SimpleNamespace(version="2"), [], ctx).read_text()
+    assert "Memory set: earlier nights' held-out replies" in page and "64 replies from the test split of 2 earlier" in page
+    assert page.index("Memory set") > page.index("Overall") and "30.00" in page and "31.00" in page

@@ -80,13 +80,15 @@ def test_unknown_precision_and_conflicting_settings_are_refused():
 
 
 def tiny_trainer(model_dir, output, **settings):
+    from pipeline.training import trainable
+
     tokenizer = loading.load_tokenizer(str(model_dir))
     samples = [{**chat_format.tokenize_conversation(tokenizer, [{"role": "user", "content": f"hello {i}"},
                                                               {"role": "assistant", "content": f"hi {i} there"}], 64),
                 "conversation_ids": [str(i)]} for i in range(16)]
     config = train.TrainConfig(max_steps=4, batch_size=2, max_seq_length=64, precision="bf16_states", warmup_steps=0,
                                learning_rate=1e-3, **settings)
-    trainer, _ = train.make_trainer(loading.load_model(str(model_dir)), tokenizer,
+    trainer, _ = train.make_trainer(trainable.prepare(loading.load_model(str(model_dir)), config), tokenizer,
                                     Dataset.from_list(batching.pack(samples, 64)), None, config, output)
     trainer.remove_callback(train.StepMetrics)  # MLflow logging is not under test (no active run here)
     return trainer
@@ -119,3 +121,28 @@ def test_the_train_stage_trains_bf16_and_resumes_from_a_checkpoint_to_the_same_w
     for (name, expected), (_, actual) in zip(straight.model.named_parameters(), resumed.model.named_parameters(),
                                              strict=True):
         assert torch.equal(expected, actual), name
+
+
+def test_freeze_mode_trains_with_every_weight_bf16_and_the_frozen_ones_unchanged(tiny_model_dir, tmp_path):
+    """freeze + bf16_states: the frozen layers are cast too (no autocast: an fp32 layer among bf16 activations
+    fails), without a master; only the trainable ones move."""
+    trainer = tiny_trainer(tiny_model_dir, tmp_path / "freeze", mode="freeze", trainable_top_layers=1)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert frozen and {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert all(torch.equal(frozen[n], p) for n, p in trainer.model.named_parameters() if n in frozen)
+    assert len(trainer.optimizer.optimizer.masters) == sum(p.requires_grad for p in trainer.model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="moving the model to another device needs a GPU")
+def test_the_masters_follow_their_parameters_to_the_device_the_model_moves_to():
+    """The optimizer is built before the Trainer moves the model to the GPU: the masters must follow."""
+    layer = torch.nn.Linear(4, 4)
+    masters = precision.bf16_weights(layer)
+    optimizer = precision.MasterWeightAdamW(list(layer.parameters()), masters=masters, lr=1e-3)
+    layer.to("cuda")
+    layer(torch.ones(2, 4, device="cuda", dtype=torch.bfloat16)).sum().backward()
+    optimizer.step()
+    assert {m.device.type for m in optimizer.masters.values()} == {"cuda"}
+    assert {m.dtype for m in optimizer.masters.values()} == {torch.float32}

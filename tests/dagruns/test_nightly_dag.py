@@ -30,7 +30,8 @@ def run_dag(config: Path, logical_date: datetime.datetime = LOGICAL_DATE):
 def test_nightly_run_registers_a_model_with_metrics(airflow_db, make_config, tmp_path):
     config = make_config()
     dag_run, states = run_dag(config)
-    assert states == dict.fromkeys(["ingest", "validate", "train", "evaluate", "promote"], "success")
+    assert states == dict.fromkeys(["wait_for_partition", "ingest", "validate", "train", "evaluate", "promote"],
+                                   "success")
 
     partition = tmp_path / "data" / "conversations" / "dt=2026-11-22"
     turns = pd.read_parquet(partition / "turns.parquet")
@@ -99,3 +100,26 @@ def test_failed_validation_stops_the_run_before_training(airflow_db, make_config
     assert parent.data.tags["failure.stage"] == "validate" and parent.data.tags["failure.task"] == "validate"
     assert "DataValidationError" in parent.data.tags["failure.error"]
     assert "min_conversations [splits]" in parent.data.tags["failure.error"]  # the broken rule, by name
+
+
+@pytest.mark.timeout(600)
+def test_an_empty_day_skips_the_night_when_the_config_says_so(airflow_db, make_config, tmp_path):
+    """The day is published but holds only single-speaker sessions: with ingest.empty_day=skip the sensor passes
+    (the marker is there), ingest exits with the skip code, and the real Airflow run skips it and everything after:
+    nothing is trained, nothing registered."""
+    import json
+
+    feed = tmp_path / "feed" / "dt=2026-11-22"
+    feed.mkdir(parents=True)
+    (feed / "a.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "anyone?"}]}) + "\n")
+    from pipeline.data import markers
+
+    (feed / markers.NAME).write_bytes(markers.encode(markers.describe(feed)))
+    config = make_config(ingest={"sources": [{"format": "openai", "uri": str(tmp_path / "feed"), "partitioned": True,
+                                              "marker": True}], "empty_day": "skip"})
+    dag_run, states = run_dag(config)
+    assert states == {"wait_for_partition": "success", **dict.fromkeys(
+        ["ingest", "validate", "train", "evaluate", "promote"], "skipped")}
+    assert not (tmp_path / "data" / "conversations" / "dt=2026-11-22").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_model_versions("name = 'tiny-chat'") == []
