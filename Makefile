@@ -27,7 +27,7 @@ export TOKENIZERS_PARALLELISM := false
 # Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
 WITH_STACK = $(PY) -m ops.stack up --services s3,mlflow && eval "$$($(PY) -m ops.stack env)" &&
 
-.PHONY: setup allocator run airflow-db ui browser test test-all container-host test-slow test-containers test-faults \
+.PHONY: setup allocator run airflow-db ui browser feed nights test-nights test-training test-dagruns test-stack test test-ci test-all container-host test-slow test-containers test-faults \
 	test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
 	serve chat backfill images up status down
 
@@ -65,6 +65,12 @@ airflow-db: setup
 run: airflow-db
 	$(WITH_STACK) $(PY) -m ops.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose) \
 	    $(foreach override,$(SET),--set $(override))
+
+## The dated chat-log feed in the stack's S3 (ops/chat_feed.py): chitchat-dataset's 102 source days as daily
+## OpenAI JSONL partitions ending yesterday, each published by a _SUCCESS marker; idempotent.
+FEED ?= s3://chat-logs/openai
+feed: setup
+	$(WITH_STACK) $(PY) -m ops.chat_feed --to $(FEED)
 
 ## A real Airflow 3 backfill over START..END (inclusive): make backfill START=2026-11-01 END=2026-11-07
 backfill: airflow-db
@@ -143,23 +149,47 @@ serve: setup
 chat: setup
 	$(PY) -m ops.chat --port $(SERVE_PORT)
 
-## The fast tier for development (<= 15 min on 2 cores): lint, checkov, and the unit, dags, integration and stack
-## tiers. Heavier tiers have their own targets; `make test-all` runs them all.
-test: setup browser lint lint-infra
-	$(PY) -m pytest -m "not slow and not gpu and not containers and not faults and not postgres" --durations=20 tests
+## The fast tiers for development (<= 15 min on 2 cores): lint, checkov, and the unit, dags and integration tiers.
+## Heavier tiers have their own targets; `make test-all` runs them all.
+test: setup lint lint-infra
+	$(PY) -m pytest -m "(unit or dags or integration) and not slow and not gpu" --durations=20 tests
 
-## Every tier that fits CI's 90 minutes on 2 cores (.ci/run): make test, then faults, postgres, and the containers tier
-## with its images built from nothing (root: podman, runc, debootstrap and buildah from apt). Not slow (the real
-## SmolLM2 model, make test-slow) nor gpu (no GPU in CI).
-test-all: test
+## What CI runs (.ci/run): make test, then the training, dagruns, stack, faults, nights and postgres tiers; together
+## about 60-75 min on 2 cores, inside CI's 90 minutes with set-up from nothing. The containers tier (images built from
+## nothing, ~17-20 min more) does not fit beside them: `make test-all` adds it, run before a submission by hand
+## (docs/testing.md). Not slow (the real SmolLM2 model, make test-slow) nor gpu (no GPU in CI).
+test-ci: test
+	$(MAKE) test-training
+	$(MAKE) test-dagruns
+	$(MAKE) test-stack
 	$(MAKE) test-faults
+	$(MAKE) test-nights
 	$(MAKE) test-postgres
+
+## Every tier: what CI runs, then the containers tier with its images (root: podman, runc, debootstrap and buildah
+## from apt).
+test-all: test-ci
 	$(MAKE) container-host images
 	$(MAKE) test-containers
 
 ## Root only: podman (rootful, runc), buildah and debootstrap from apt, and the engine settings podman needs here.
 container-host:
 	bash containers/host-setup.sh
+
+## The train stage as a real command on the tiny model: plain Trainer, bf16 states, LoRA and freeze, DeepSpeed ZeRO-2
+## in one process and in two (torchrun), SIGTERM then resume (local and S3 checkpoints), early stopping.
+test-training: setup
+	$(PY) -m pytest -m training --durations=10 tests
+
+## The whole DAG run by Airflow on the tiny model: two nights through dag.test(), a failed validation, an empty day,
+## a two-date backfill (make backfill), a champion moved under a run.
+test-dagruns: setup
+	$(PY) -m pytest -m dagruns --durations=10 tests
+
+## The stack of `make up` (S3, MLflow server, Airflow's services) on free ports: a scheduled run, a night that waits
+## for its day, and the Airflow and MLflow UIs in headless Chromium.
+test-stack: setup browser
+	$(PY) -m pytest -m "stack and not postgres" --durations=10 tests
 
 test-slow: setup
 	$(PY) -m pytest -m slow tests
@@ -175,6 +205,18 @@ test-postgres: setup
 ## Fault injection (tests/faults): kill -9 / SIGTERM of stages, S3 and MLflow outages, full disks, corrupt checkpoints.
 test-faults: setup
 	$(PY) -m pytest -m faults --durations=0 tests/faults
+
+## Several nights of the dated feed through the real DAG on the tiny model (ops/nights.py): continual training,
+## replay, the memory set and the trajectory, end to end.
+test-nights: setup
+	$(PY) -m pytest -m nights --durations=0 tests/nights
+
+## N nights of the feed through the real DAG on the embedded stack (ops/nights.py): make nights N=14
+N ?= 14
+NIGHTS_CONFIG ?= configs/nights.yaml
+nights: airflow-db
+	$(WITH_STACK) $(PY) -m ops.nights --nights $(N) --config $(NIGHTS_CONFIG) --feed $(FEED) \
+	    $(foreach override,$(SET),--set $(override))
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline ops dags tests benchmarks
