@@ -3,6 +3,11 @@
 Labels are derived from character spans of the assistant turns in the rendered template, never from token ids:
 SmolLM2's pad token is also its end-of-turn token, so masking "pad" labels would also hide every <|im_end|> and
 the model would never learn to stop.
+
+A reply is located by rendering the conversation up to it. Templates that render an earlier reply differently once
+later turns follow (Qwen3-style: the reply that ends the conversation gets an empty reasoning block, earlier ones
+have theirs dropped) are located by searching the messages in order instead, and prompted as the reply that ends a
+conversation was rendered in training (render_prompt), so generation starts where training taught a reply to.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from pipeline.model import loading
+
 IGNORE_INDEX = -100  # label value that the loss skips
+REPLY_SLOT = "\u2063REPLY\u2063"  # a reply no conversation holds: where the template starts an answer
+THINK_END = "</think>"  # reasoning-block templates drop what comes before it from earlier replies
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,15 @@ def eval_examples(turns: pd.DataFrame, split: str) -> list[EvalExample]:
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, history: list[dict], system_prompt: str | None) -> str:
-    return tokenizer.apply_chat_template(_with_system(history, system_prompt), tokenize=False, add_generation_prompt=True)
+    """The generation prompt; where the template writes more before a final reply than its generation prompt does
+    (Qwen3-style: an empty reasoning block), the text before that reply, as training saw it."""
+    messages = _with_system(history, system_prompt)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    slotted = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": REPLY_SLOT}], tokenize=False)
+    start = slotted.find(REPLY_SLOT)
+    if start > len(prompt) and slotted.startswith(prompt):
+        return slotted[:start]
+    return prompt
 
 
 def tokenize_conversation(
@@ -97,7 +114,35 @@ def _assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[i
             continue
         before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
         through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
-        if not (text.startswith(before) and text.startswith(through)):
-            raise ValueError("chat template is not prefix-stable; cannot locate assistant turns by rendering")
+        content = message["content"]
+        if not (text.startswith(before) and text.startswith(through)
+                and (text.startswith(content, len(before)) or text.startswith(content.strip(), len(before)))):
+            # a turn rendered differently once others follow, or text the template puts before a reply (an empty
+            # reasoning block): not part of the reply to learn
+            return _spans_by_search(tokenizer, messages, text)
         spans.append((len(before), len(through.rstrip())))
+    return spans
+
+
+def _spans_by_search(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
+    """Each reply found in `text` in message order, from its content through the end-of-turn marker after it: for
+    templates whose rendering of a turn depends on the turns after it. A reply's reasoning block may be dropped."""
+    marker = tokenizer.convert_ids_to_tokens(loading.end_of_turn_id(tokenizer))
+    spans, cursor = [], 0
+    for number, message in enumerate(messages, start=1):
+        content = message["content"]
+        variants = [content, content.strip(), content.split(THINK_END)[-1].strip()]
+        found = next(((at, len(v)) for v in variants if v and (at := text.find(v, cursor)) >= 0), None)
+        if found is None:
+            if message["role"] != "assistant":
+                continue  # a template may merge or rewrite a system or user message: not what is learned
+            raise ValueError(f"chat template: message {number} (assistant) is not in the rendered conversation, as "
+                             "said or without its reasoning block; cannot locate it to learn it")
+        cursor = found[0] + found[1]
+        if message["role"] == "assistant":
+            end = text.find(marker, cursor)
+            if end < 0:
+                raise ValueError(f"chat template: message {number} (assistant) is not followed by {marker!r}")
+            cursor = end + len(marker)
+            spans.append((found[0], cursor))
     return spans

@@ -47,5 +47,10 @@ def generate_replies(
 
 def decode_reply(tokenizer, token_ids) -> str:
     """The reply's text. A reply cut at max_new_tokens can end inside a multi-byte character (one Chinese character
-    is often 2-3 byte-level tokens); its incomplete bytes decode to U+FFFD, which is dropped, not shown."""
-    return tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd").strip()
+    is often 2-3 byte-level tokens); its incomplete bytes decode to U+FFFD, which is dropped, not shown. A reasoning
+    block the model wrote first is not part of the reply (its markers are added tokens, not special ones, in
+    Qwen3-style tokenizers, so skip_special_tokens keeps them)."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd").strip()
+    if text.startswith("<think>") and chat_format.THINK_END in text:
+        text = text.split(chat_format.THINK_END, 1)[1].strip()
+    return text

@@ -9,8 +9,9 @@ behaviours of real templates break that, each named in the error with what to do
   no template         the tokenizer has no chat_template (a base model, not a chat model)
   system refused      rendering a system message raises (Gemma-style); train.system_prompt: null then renders
                       without one
-  history rewritten   an earlier turn renders differently once later turns follow (Qwen3-style: reasoning
-                      blocks dropped from the history), so replies cannot be located by rendering
+  reply not found     a template that renders an earlier turn differently once later turns follow (Qwen3-style:
+                      reasoning blocks dropped from the history) is searched for each reply, as said or without
+                      its reasoning block (chat_format._spans_by_search); a reply found neither way is refused
   no end of turn      the reply is not followed by the token generation stops on, so generated replies would run on
 
 The probe is a two-exchange conversation with a reasoning-like block in the first reply; nothing else is assumed.
@@ -38,17 +39,18 @@ def check(tokenizer, system_prompt: str | None) -> None:
     messages = chat_format._with_system(PROBE, system_prompt)
     render = _renderer(tokenizer, name, system_prompt)
     full = render(messages)
-    offset = len(messages) - len(PROBE)
-    for index in (offset + 1, offset + 3):  # the two replies
-        before, through = render(messages[:index], prompt=True), render(messages[: index + 1])
-        if not (full.startswith(before) and full.startswith(through)):
-            shown = before if not full.startswith(before) else through
-            at = next((i for i, (a, b) in enumerate(zip(shown, full, strict=False)) if a != b), len(shown))
-            raise TemplateError(
-                f"{name}: its chat template renders turn {index - offset + 1} differently once later turns follow "
-                f"(history rewritten, e.g. reasoning blocks dropped from earlier replies, Qwen3-style): "
-                f"{shown[at:at + 60]!r} alone vs {full[at:at + 60]!r} in the whole conversation. Rule: a reply is "
-                "located by rendering the turns before it; use a template that renders history as it was said")
+    try:
+        spans = chat_format._assistant_spans(tokenizer, messages, full)
+    except ValueError as exc:
+        raise TemplateError(
+            f"{name}: its chat template renders an earlier turn differently once later turns follow and a reply "
+            f"cannot be found in the whole conversation ({exc}). Rule: a reply is located by rendering the turns "
+            "before it or, where the template rewrites history (Qwen3-style reasoning blocks), by finding it as "
+            "said or without its reasoning block; use a template that renders replies as they were said") from exc
+    answers = [full[start:stop] for start, stop in spans]
+    if len(answers) != 2 or not all(r in a for a, r in zip(answers, ("First answer.", "Second answer."), strict=False)):
+        raise TemplateError(f"{name}: its chat template's replies were located as {answers!r}, not as the probe's "
+                            "two answers; use a template that renders replies as they were said")
     end = loading.end_of_turn_id(tokenizer)
     marker = tokenizer.convert_ids_to_tokens(end)
     reply = PROBE[-1]["content"]

@@ -57,3 +57,34 @@ def test_eval_examples_use_history_up_to_each_reply(tmp_path):
                           "role": ["user", "assistant"] * 2, "text": ["a", "b", "c", "d"], "split": ["test"] * 4})
     examples = chat_format.eval_examples(turns, "test")
     assert [(len(e.history), e.reference) for e in examples] == [(1, "b"), (3, "d")]
+
+
+# Qwen3's behaviour: the reply that ends a conversation gets a reasoning block (empty when it has none); earlier
+# replies lose theirs.
+REASONING = (
+    "{% set ns = namespace(last=-1) %}{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}"
+    "{% endif %}{% endfor %}{% for m in messages %}{% set content = m['content'].split('</think>')[-1].lstrip('\\n') %}"
+    "{% if m['role'] == 'assistant' and loop.last and loop.index0 > ns.last %}"
+    "<|im_start|>assistant\n<think>\n\n</think>\n\n{{ content }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ content }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_template_that_rewrites_history_has_its_replies_found_and_never_learns_the_reasoning_block(tokenizer):
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)  # the module's tokenizer stays ChatML
+    tokenizer.chat_template = REASONING
+    one = chat_format.tokenize_conversation(tokenizer, DIALOGUE[:2], max_length=256)
+    assert learned_text(tokenizer, one) == "Hi there!<|im_end|>"  # not "<think>\n\n</think>\n\nHi there!"
+    thought = [DIALOGUE[0], {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHi there!"}, *DIALOGUE[2:]]
+    two = chat_format.tokenize_conversation(tokenizer, thought, max_length=256)
+    assert learned_text(tokenizer, two) == "Hi there!<|im_end|>很好，谢谢.<|im_end|>"
+    # prompted as training rendered the reply that ends a conversation: after the empty block
+    assert chat_format.render_prompt(tokenizer, DIALOGUE[:1], None).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert chat_format.render_prompt(tokenizer, DIALOGUE[:1], None).count("<|im_start|>") == 2
+
+
+def test_a_reply_the_template_does_not_render_is_named(tokenizer):
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = REASONING.replace("{{ content }}<|im_end|>\n{% else %}", "(elided)<|im_end|>\n{% else %}")
+    with pytest.raises(ValueError, match=r"message 2 \(assistant\) is not in the rendered conversation"):
+        chat_format.tokenize_conversation(tokenizer, DIALOGUE[:2], max_length=256)

@@ -49,6 +49,14 @@ def test_reply_cut_inside_a_character_drops_its_partial_bytes(tiny_model_dir):
     assert generation.decode_reply(tokenizer, ids) == "你好，我叫机器人。"  # complete text is left alone
 
 
+def test_a_reasoning_block_written_first_is_not_part_of_the_reply(tiny_model_dir):
+    tokenizer = loading.load_tokenizer(str(tiny_model_dir))
+    ids = tokenizer("<think>\nThe user greets me.\n</think>\n\nHello!<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert generation.decode_reply(tokenizer, ids) == "Hello!"
+    plain = tokenizer("I think </think> is a tag", add_special_tokens=False)["input_ids"]
+    assert generation.decode_reply(tokenizer, plain) == "I think </think> is a tag"  # only a leading block is cut
+
+
 def test_temperature_zero_is_greedy_and_above_zero_samples(tiny_model_dir):
     tokenizer = loading.load_tokenizer(str(tiny_model_dir))
     model = ScriptedModel(tokenizer("hi", add_special_tokens=False)["input_ids"])

@@ -1,6 +1,7 @@
-"""The chat template is checked before training: the tiny model's ChatML passes; a template that refuses a system
-message, one that rewrites earlier turns (reasoning blocks dropped from history), one whose replies do not end with
-the token generation stops on, and a tokenizer without a template are refused, each named."""
+"""The chat template is checked before training: the tiny model's ChatML passes, and so does one that drops reasoning
+blocks from earlier turns (Qwen3-style: replies found by search); a template that refuses a system message, one that
+rewrites earlier replies beyond finding, one whose replies do not end with the token generation stops on, and a
+tokenizer without a template are refused, each named."""
 
 import pytest
 
@@ -19,6 +20,9 @@ DROPS_REASONING = (
     "{% if m['role'] == 'assistant' and loop.index0 < last_user.i and '</think>' in content %}"
     "{% set content = content.split('</think>')[-1].lstrip('\n') %}{% endif %}"
     "<|im_start|>{{ m['role'] }}\n{{ content }}<|im_end|>\n{% endfor %}" + PROMPT)
+# Earlier replies replaced by a placeholder: nothing to find them by.
+ELIDES_HISTORY = DROPS_REASONING.replace("{% set content = content.split('</think>')[-1].lstrip('\n') %}",
+                                         "{% set content = '(earlier reply)' %}")
 # Mistral's [INST] layout: a system message folded into the first user turn, replies closed by eos_token.
 INST = ("{{ bos_token }}{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
         "{% for m in messages if m['role'] != 'system' %}{% if m['role'] == 'user' %}[INST] "
@@ -51,9 +55,16 @@ def test_a_template_that_refuses_a_system_message_is_named_with_the_fix(tokenize
     template_check.check(tokenizer, None)  # without one it is usable
 
 
-def test_a_template_that_rewrites_earlier_turns_is_named(tokenizer):
+def test_a_template_that_drops_reasoning_from_earlier_turns_passes(tokenizer):
     tokenizer.chat_template = DROPS_REASONING
-    with pytest.raises(TemplateError, match=r"turn 2 differently once later turns follow \(history rewritten"):
+    template_check.check(tokenizer, None)
+
+
+def test_a_template_that_rewrites_earlier_replies_beyond_finding_is_named(tokenizer):
+    tokenizer.chat_template = ELIDES_HISTORY
+    assert "(earlier reply)" in tokenizer.apply_chat_template(template_check.PROBE, tokenize=False)
+    with pytest.raises(TemplateError, match=r"renders an earlier turn differently once later turns follow and a "
+                                            r"reply cannot be found .*message 2 \(assistant\)"):
         template_check.check(tokenizer, None)
 
 
