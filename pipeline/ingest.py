@@ -167,8 +167,10 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig,
           replay: set[int] = frozenset()) -> tuple[pd.DataFrame, list, Counter, list]:
     """(turns, conversations quarantined here, counts, the conversations kept). Conversations of the `replay`
     entries of ingest.sources are split 'replay' (SourceConfig.role)."""
+    system = np.array([c.messages[0][0] == "system" for c in conversations], dtype=int)
     counts = Counter(turns_read=sum(len(c.messages) for c in conversations),
-                     system_messages_dropped=sum(c.system_dropped for c in conversations))
+                     system_messages_dropped=sum(c.system_dropped for c in conversations),
+                     system_messages_kept=int(system.sum()))
     record = np.repeat(np.arange(len(conversations)), [len(c.messages) for c in conversations])
     texts = cleaning.normalize(pa.array([t for c in conversations for _, t in c.messages], pa.large_string()),
                                config.unicode_form)
@@ -179,7 +181,8 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig,
     # A conversation with an empty or overlong turn is quarantined whole: cutting a reply teaches half sentences.
     lengths = pc.utf8_length(texts).to_numpy()
     bad = (lengths == 0) | (lengths > config.max_chars)
-    turn_index = np.arange(len(record)) - np.searchsorted(record, record)
+    # a kept system message is turn -1: the user's first turn is 0 in every conversation (validate's alternation)
+    turn_index = np.arange(len(record)) - np.searchsorted(record, record) - system[record]
     rejected, bad_records = [], set()
     for index in np.flatnonzero(bad):
         if record[index] in bad_records:
@@ -188,7 +191,8 @@ def clean(conversations: list[sources.Conversation], config: IngestConfig,
         reason = ("empty after cleaning" if lengths[index] == 0
                   else f"{lengths[index]} characters, over max_chars={config.max_chars}")
         conversation = conversations[record[index]]
-        rejected.append(sources.Rejected(conversation.origin, f"turn {turn_index[index] + 1}: {reason}",
+        where = "system message" if turn_index[index] < 0 else f"turn {turn_index[index] + 1}"
+        rejected.append(sources.Rejected(conversation.origin, f"{where}: {reason}",
                                          json.dumps(conversation.messages, ensure_ascii=False)[:300], conversation.entry))
     keep_turn = ~np.isin(record, list(bad_records))
     kept = [c for i, c in enumerate(conversations) if i not in bad_records]

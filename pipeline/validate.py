@@ -36,7 +36,8 @@ class DataValidationError(RuntimeError):
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    roles: list[str] = field(default_factory=lambda: ["user", "assistant"], metadata={"help": "Allowed roles."})
+    roles: list[str] = field(default_factory=lambda: ["system", "user", "assistant"], metadata={
+        "help": "Allowed roles (system: only as turn -1, a kept system message; the alternation rule holds it there)."})
     languages: list[str] = field(default_factory=lambda: ["en", "zh"], metadata={"help": "Allowed language codes."})
     max_text_chars: int = field(default=2000, metadata={"help": "Longest utterance allowed, in characters."})
     min_conversations: dict = field(
@@ -116,8 +117,10 @@ def contract(config: ValidateConfig) -> dict[str, list]:
         ],
         "turn_order": [
             # role@parity of turn_index: a set check is vectorized; GX's column-pair check is row by row (38 s at 1M)
-            rule("alternation", "the assistant mask and eval prompts assume user first, then alternating",
-                 gxe.ExpectColumnValuesToBeInSet(column="role_at_parity", value_set=["user@0", "assistant@1"])),
+            rule("alternation", "the assistant mask and eval prompts assume user first (after a kept system "
+                 "message, turn -1), then alternating",
+                 gxe.ExpectColumnValuesToBeInSet(column="role_at_parity",
+                                                 value_set=["system@-1", "user@0", "assistant@1"])),
         ],
         "conversations": [
             rule("one_split_per_conversation", "leakage: a conversation in two splits inflates test scores",
@@ -164,7 +167,8 @@ def tables(turns: pd.DataFrame, manifest: dict, config: ValidateConfig) -> dict[
     # One row per source: a feed's expected junk (its own max_quarantine_ratio) does not hide another's breakage.
     rows = manifest.get("sources") or [{"source": "all", "read": read, "quarantined": counts.get("rejected", 0)}]
     by_source = pd.DataFrame({"over_allowance": [_over_allowance(row, config) for row in rows]})
-    parity = pd.to_numeric(turns["turn_index"], errors="coerce") % 2  # text indexes fail their own rule, not this
+    index = pd.to_numeric(turns["turn_index"], errors="coerce")  # text indexes fail their own rule, not this
+    parity = index.where(index < 0, index % 2)  # a negative index is itself: only system@-1 is allowed
     turn_order = pd.DataFrame({"role_at_parity": turns["role"].astype(str) + "@" + parity.astype("Int64").astype(str)})
     return {"turns": turns, "turn_order": turn_order, "conversations": conversations,
             "splits": splits, "quality": quality, "sources": by_source}

@@ -43,6 +43,7 @@ ROLE_NAMES = {
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 REPLAY_ROLE = "replay"
 ROLES = ("nightly", REPLAY_ROLE)
+SYSTEM_MESSAGES = ("drop", "keep")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class SourceConfig:
     max_quarantine_ratio: float | None = field(default=None, metadata={
         "help": "This source's expected junk: records quarantined / read allowed for it (a chat log with "
                 "single-speaker sessions: ~0.45); null: validate.max_quarantine_ratio."})
+    system_messages: str = field(default="drop", metadata={
+        "help": "drop | keep: a conversation's leading system message (a persona, an instruction). drop: training "
+                "and evaluation give it train.system_prompt instead; keep: it is stored as turn -1 and replaces "
+                "train.system_prompt for that conversation in training, evaluation and perplexity. Counted either way "
+                "(system_messages_dropped / system_messages_kept)."})
     role: str = field(default="nightly", metadata={
         "help": "nightly: its conversations are split into train / validation / test (tonight's data); replay: "
                 "a store the nights replay from (a static set beside a feed): split 'replay', never tonight's "
@@ -67,6 +73,8 @@ class SourceConfig:
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"role {self.role!r} is not one of {ROLES}")
+        if self.system_messages not in SYSTEM_MESSAGES:
+            raise ValueError(f"system_messages {self.system_messages!r} is not one of {SYSTEM_MESSAGES}")
         if self.format not in FORMATS:
             raise ValueError(f"format {self.format!r} is not one of {FORMATS}")
         if self.format != "chatterbot" and not self.uri:
@@ -81,7 +89,7 @@ class Conversation:
     language: str | None  # None: detect from the text
     messages: list[tuple[str, str]]  # (role, text), roles canonical
     entry: int = 0  # which entry of ingest.sources (1-based; set by ingest)
-    system_dropped: bool = False  # it began with a system message, dropped (counted by ingest)
+    system_dropped: bool = False  # it began with a system message, dropped (counted by ingest); kept: messages[0]
 
 
 @dataclass
@@ -207,12 +215,13 @@ def _records_to_conversations(source: SourceConfig, rows, name: str, partition_d
             yield Rejected(origin, problem, _excerpt(record))
             continue
         system = bool(messages) and messages[0][0] == "system"
-        messages, problem = _canonical_turns(messages)
+        messages, problem = _canonical_turns(messages, keep_system=source.system_messages == "keep")
         if problem:
             yield Rejected(origin, problem, _excerpt(record))
             continue
         record_language = record.get("language") if isinstance(record.get("language"), str) else language
-        yield Conversation(origin, name, partition_date, record_language, messages, system_dropped=system)
+        yield Conversation(origin, name, partition_date, record_language, messages,
+                           system_dropped=system and messages[0][0] != "system")
 
 
 def _excerpt(record) -> str:
@@ -236,10 +245,13 @@ def _messages(items: list, role_key: str, text_key: str) -> tuple[list[tuple[str
     return messages, None
 
 
-def _canonical_turns(messages: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], str | None]:
-    """user/assistant alternation starting with the user. A leading system message is dropped: training sets its
-    own system prompt, and evaluation must prompt the same way."""
+def _canonical_turns(messages: list[tuple[str, str]],
+                     keep_system: bool = False) -> tuple[list[tuple[str, str]], str | None]:
+    """user/assistant alternation starting with the user, after a leading system message where it is kept (and not
+    blank). A dropped one is replaced by train.system_prompt in training, and evaluation prompts the same way."""
+    system = []
     if messages and messages[0][0] == "system":
+        system = [messages[0]] if keep_system and messages[0][1].strip() else []
         messages = messages[1:]
     for index, (role, _) in enumerate(messages):
         expected = "user" if index % 2 == 0 else "assistant"
@@ -247,7 +259,7 @@ def _canonical_turns(messages: list[tuple[str, str]]) -> tuple[list[tuple[str, s
             return [], f"turn {index + 1}: expected role {expected!r}, got {role!r} (turns must alternate, user first)"
     if len(messages) < 2:
         return [], f"fewer than 2 turns ({len(messages)}): nothing to learn a reply from"
-    return messages, None
+    return system + messages, None
 
 
 def _read_chatterbot(source: SourceConfig, run_date: str, partitions: list[Partition]) -> Iterator:

@@ -57,10 +57,16 @@ def spread(found: list[chat_format.EvalExample], max_examples: int | None) -> li
 
 def last_turns(examples: list[chat_format.EvalExample], turns: int | None) -> list[chat_format.EvalExample]:
     """Each prompt cut to its last `turns` turns (odd: the cut history still opens with a user turn); None: all. A
-    long conversation's late replies are then prompted with recent context, as a chat client sends it."""
+    long conversation's late replies are then prompted with recent context, as a chat client sends it. A kept
+    system message stays first: it is the conversation's instruction, not context."""
     if turns is None:
         return examples
-    return [dataclasses.replace(e, history=e.history[-turns:]) if len(e.history) > turns else e for e in examples]
+    out = []
+    for example in examples:
+        system = example.history[:1] if example.history and example.history[0]["role"] == "system" else []
+        said = example.history[len(system):]
+        out.append(dataclasses.replace(example, history=system + said[-turns:]) if len(said) > turns else example)
+    return out
 
 
 def dialogues(turns: pd.DataFrame, split: str, max_examples: int | None) -> list[list[dict]]:

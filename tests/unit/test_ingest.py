@@ -352,7 +352,28 @@ def test_a_leading_system_message_is_dropped_and_counted(tmp_path):
     turns, _, summary = ingest.collect(ingest.IngestConfig(
         sources=[{"format": "openai", "uri": str(tmp_path / "a.jsonl"), "language": "en"}]), "2026-11-22")
     assert summary["counts"]["system_messages_dropped"] == 1 and summary["counts"]["conversations"] == 2
+    assert summary["counts"]["system_messages_kept"] == 0
     assert "You are Ada." not in set(turns["text"])
+
+
+def test_a_leading_system_message_is_kept_as_turn_minus_one_where_the_source_says_so(tmp_path):
+    persona = {"messages": [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "who are you"},
+                            {"role": "assistant", "content": "Ada, at your service."}]}
+    blank = {"messages": [{"role": "system", "content": "  "}, {"role": "user", "content": "hello there"},
+                          {"role": "assistant", "content": "hi"}]}
+    long = {"messages": [{"role": "system", "content": "x" * 3000}, {"role": "user", "content": "and you"},
+                         {"role": "assistant", "content": "me too"}]}
+    write_jsonl(tmp_path / "a.jsonl", [persona, blank, long])
+    source = {"format": "openai", "uri": str(tmp_path / "a.jsonl"), "language": "en", "system_messages": "keep"}
+    turns, rejected, summary = ingest.collect(ingest.IngestConfig(sources=[source]), "2026-11-22")
+    counts = summary["counts"]
+    assert (counts["system_messages_kept"], counts["system_messages_dropped"], counts["conversations"]) == (2, 1, 2)
+    ada = turns[turns["conversation_id"] == turns.loc[turns["text"] == "You are Ada.", "conversation_id"].iloc[0]]
+    assert ada.sort_values("turn_index")[["turn_index", "role"]].values.tolist() == \
+        [[-1, "system"], [0, "user"], [1, "assistant"]]
+    assert [r["reason"] for r in rejected] == ["system message: 3000 characters, over max_chars=2000"]
+    with pytest.raises(ValueError, match=r"system_messages 'always' is not one of \('drop', 'keep'\)"):
+        ingest.IngestConfig(sources=[{**source, "system_messages": "always"}])
 
 
 def test_a_replay_source_and_its_near_copies_are_split_replay_never_test(tmp_path):

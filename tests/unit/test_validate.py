@@ -63,6 +63,17 @@ def test_each_broken_rule_is_caught_by_name(turns, manifest, breakage, rule):
     assert f"- {rule} [" in report["critical_message"] and "protects: " in report["critical_message"]
 
 
+def test_a_kept_system_message_passes_as_turn_minus_one_only(turns, manifest):
+    first = turns[turns["conversation_id"] == turns["conversation_id"].iloc[0]]
+    system = first.iloc[:1].assign(turn_index=-1, role="system", text="You are Ada.")
+    assert broken(pd.concat([turns, system]), manifest)[:2] == (set(), set())
+    assert "alternation" in broken(pd.concat([turns, system.assign(turn_index=99)]), manifest)[0]  # not mid-way
+    assert "alternation" in broken(pd.concat([turns, system.assign(role="user")]), manifest)[0]
+    assert "roles" in broken(pd.concat([turns, system]), manifest, validate.ValidateConfig(
+        roles=["user", "assistant"], min_conversations={"train": 1}, max_duplicate_ratio=0.5,
+        max_quarantine_ratio=0.25))[0]
+
+
 def test_a_replay_split_passes_and_an_unknown_split_name_does_not(turns, manifest):
     """ingest.sources[].role: replay writes split 'replay' (a static set beside a feed); other names are errors."""
     first = turns["conversation_id"] == turns.loc[turns["split"] == "train", "conversation_id"].iloc[0]

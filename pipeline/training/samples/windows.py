@@ -6,7 +6,7 @@ being cut off at the right. Each reply is in exactly one window, so it is traine
 
 A window opens at a user turn and closes after an assistant turn; it is a conversation of its own in the turn table
 (`<id>#w<k>`, turn_index from 0, same split, language and source), rendered with the system prompt like any
-other. Its first reply's history is therefore the window's own opening turn: history is truncated from the left at
+other; a kept system message (turn -1) opens each of its windows instead. Its first reply's history is therefore the window's own opening turn: history is truncated from the left at
 a turn boundary. Lengths are estimated per turn with the tokenizer (content) plus the template's overhead per turn
 and for the system prompt, measured once on a probe rendering; each window of more than one exchange is then
 rendered once and gives back exchanges until it fits exactly. A single exchange longer than max_seq_length is its
@@ -56,17 +56,21 @@ def split_long(turns: pd.DataFrame, split: str, tokenizer: PreTrainedTokenizerBa
     long_rows = long_rows.assign(tokens=[len(ids) + per_turn for ids in encoded])
     pieces = []
     for cid, group in long_rows.groupby("conversation_id", sort=True):
-        messages = [{"role": r, "content": t} for r, t in zip(group["role"], group["text"], strict=True)]
-        bounds = cut(group["role"].tolist(), group["tokens"].tolist(), budget,
-                     fits=lambda a, b, m=messages: rendered_length(tokenizer, system + m[a:b]) <= max_length)
+        # A kept system message (turn -1) opens every window in place of the system prompt: it is the conversation's.
+        own, said = group[group["turn_index"] < 0], group[group["turn_index"] >= 0]
+        head = [{"role": "system", "content": own["text"].iloc[0]}] if len(own) else system
+        messages = [{"role": r, "content": t} for r, t in zip(said["role"], said["text"], strict=True)]
+        bounds = cut(said["role"].tolist(), said["tokens"].tolist(), budget - int(own["tokens"].sum()),
+                     fits=lambda a, b, m=messages, h=head: rendered_length(tokenizer, h + m[a:b]) <= max_length)
         if len(bounds) == 1:  # long in characters, short in tokens
             continue
         counts[f"data/{split}_windowed_conversations"] += 1
         counts[f"data/{split}_windows"] += len(bounds)
         for number, (start, stop) in enumerate(bounds):
-            window = group.iloc[start:stop].drop(columns="tokens")
-            window["conversation_id"] = f"{cid}#w{number}"
+            window = said.iloc[start:stop].drop(columns="tokens")
             window["turn_index"] = np.arange(stop - start, dtype=group["turn_index"].dtype)
+            window = pd.concat([own.drop(columns="tokens"), window])
+            window["conversation_id"] = f"{cid}#w{number}"
             pieces.append(window)
     if not pieces:
         return turns, counts

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluation import EvaluationSetError, held_out
+from pipeline.model import chat_format
 
 
 def turns(languages: list[str], split: str = "test") -> pd.DataFrame:
@@ -48,3 +49,13 @@ def test_a_capped_set_spreads_over_conversations_instead_of_taking_one_long_conv
     assert len(found) == 10 and len({e.conversation_id for e in found}) == 7
     assert [e.reference for e in found if e.conversation_id == "a-long"] == ["turn 1", "turn 3", "turn 5", "turn 7"]
     assert held_out.spread(found, None) == found
+
+
+def test_a_prompt_cut_to_its_last_turns_keeps_a_kept_system_message_first():
+    said = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(7)]
+    system = {"role": "system", "content": "You are Ada."}
+    example = chat_format.EvalExample("c", "en", [system, *said], "reply")
+    cut, = held_out.last_turns([example], 3)
+    assert cut.history == [system, *said[-3:]]
+    short = chat_format.EvalExample("c", "en", [system, *said[:3]], "reply")
+    assert held_out.last_turns([short], 3) == [short]

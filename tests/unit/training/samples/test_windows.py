@@ -68,3 +68,25 @@ def test_nothing_long_nothing_changed(chatterbot, tiny):
     same, counts = windows.split_long(chatterbot, "train", tiny, 4096, SYSTEM)
     assert same is chatterbot and counts == {"data/train_windowed_conversations": 0, "data/train_windows": 0}
     assert isinstance(same, pd.DataFrame)
+
+
+def test_a_kept_system_message_opens_every_window_and_replaces_the_system_prompt(long_sessions, tiny):
+    train = long_sessions[long_sessions["split"] == "train"]
+    longest = train["conversation_id"].value_counts().index[0]
+    session = train[train["conversation_id"] == longest]
+    persona = session.iloc[:1].assign(turn_index=-1, role="system", text="You are Ada, a patient listener.")
+    windowed, counts = windows.split_long(pd.concat([session, persona]), "train", tiny, 256, SYSTEM)
+    assert counts["data/train_windows"] > 1
+    for cid, group in windowed.groupby("conversation_id"):
+        ordered = group.sort_values("turn_index")
+        assert ordered[["turn_index", "role"]].iloc[:2].values.tolist() == [[-1, "system"], [0, "user"]], cid
+    assert sorted(windowed.loc[windowed["role"] == "assistant", "text"]) == \
+        sorted(session.loc[session["role"] == "assistant", "text"])  # each reply once
+    tokenized = tokenization.tokenize_split(windowed, "train", tiny, None, SYSTEM)
+    starts = [int(s) for s in tokenized.lengths.cumsum() - tokenized.lengths]
+    texts = [tiny.decode(tokenized.input_ids[a:a + n]) for a, n in zip(starts, tokenized.lengths.tolist(), strict=True)]
+    assert all("You are Ada" in t and SYSTEM not in t for t in texts)  # the conversation's own, not the config's
+    multi = [cid for cid in tokenized.conversation_ids
+             if (windowed.loc[windowed["conversation_id"] == cid, "role"] == "assistant").sum() > 1]
+    assert all(n <= 256 for cid, n in zip(tokenized.conversation_ids, tokenized.lengths.tolist(), strict=True)
+               if cid in multi)
