@@ -50,6 +50,21 @@ resource "helm_release" "external_secrets" {
   })]
 }
 
+# Rolls a Deployment when a Secret it names in its secret.reloader.stakater.com/reload annotation changes: a
+# password rotated in Secrets Manager, synced by the operator above, reaches the MLflow server without a person
+# (mlflow.tf). It watches the pipeline's namespace only.
+resource "helm_release" "reloader" {
+  name       = "reloader"
+  namespace  = local.namespace
+  repository = "https://stakater.github.io/stakater-charts"
+  chart      = "reloader"
+  version    = "2.1.4"
+  values = [yamlencode({
+    reloader = { watchGlobally = false, deployment = { nodeSelector = { role = "cpu" } } }
+  })]
+  depends_on = [kubernetes_namespace_v1.this]
+}
+
 # Least privilege for the add-ons' roles: scaling only the cluster's own node groups; reading only the database
 # secret.
 data "aws_iam_policy_document" "addon" {

@@ -2,7 +2,7 @@
 # MLflow's basic-auth app in front (users and per-model permissions in a `mlflow_auth` database), and a
 # NetworkPolicy that lets only the pipeline's pods (label mlflow-client=true) and the UI's ingress reach it.
 # Credentials come from Secrets Manager through the External Secrets Operator (addons.tf) and follow rotation
-# (refreshed hourly); none passes through Terraform state. The ExternalSecret resources need the operator's CRDs:
+# (refreshed hourly; Reloader rolls the server on a change); none passes through Terraform state. The ExternalSecret resources need the operator's CRDs:
 # on a new cluster, `terraform apply -target=helm_release.external_secrets` first.
 
 resource "kubernetes_manifest" "secret_store" {
@@ -38,6 +38,8 @@ locals {
   # The server's own login: it owns the mlflow and mlflow_auth databases (created by the init Job) and nothing of
   # Airflow's; the master user above is only the init Job's.
   mlflow_db_url = "{{ .mlflow_db_user }}:{{ .mlflow_db_password | urlquery }}@${aws_db_instance.metadata.endpoint}"
+  # What create_databases.py reads: the init Job's and the server pods' init container's, never the server's
+  database_login_keys = ["ADMIN_DATABASE_URI", "MLFLOW_DB_USER", "MLFLOW_DB_PASSWORD"]
   # One ExternalSecret per Kubernetes secret: what it holds, rendered from Secrets Manager values.
   synced = {
     mlflow-db = {
@@ -142,6 +144,10 @@ resource "kubernetes_deployment_v1" "mlflow" {
     name      = "mlflow"
     namespace = local.namespace
     labels    = { app = "mlflow" }
+    # A rotated password reaches the server: the operator refreshes mlflow-db (refreshInterval), Reloader
+    # (addons.tf) then rolls these pods, and each new pod's init container sets the role's password from the
+    # secret before the server connects with it.
+    annotations = { "secret.reloader.stakater.com/reload" = "mlflow-db" }
   }
   spec {
     replicas = 2
@@ -161,6 +167,32 @@ resource "kubernetes_deployment_v1" "mlflow" {
           run_as_user     = 10001
           seccomp_profile {
             type = "RuntimeDefault"
+          }
+        }
+        # The init Job's step again on every pod start (idempotent): after a rotation the role's password in
+        # PostgreSQL is the secret's before the server below logs in with it. Only this container sees the master URI.
+        init_container {
+          name    = "set-database-login"
+          image   = var.mlflow_image
+          command = ["python", "/opt/create_databases.py", "mlflow", "mlflow_auth"]
+          dynamic "env" {
+            for_each = toset(local.database_login_keys)
+            content {
+              name = env.value
+              value_from {
+                secret_key_ref {
+                  name = "mlflow-db"
+                  key  = env.value
+                }
+              }
+            }
+          }
+          security_context {
+            allow_privilege_escalation = false
+            read_only_root_filesystem  = true
+            capabilities {
+              drop = ["ALL"]
+            }
           }
         }
         container {

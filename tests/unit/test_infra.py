@@ -222,3 +222,38 @@ def test_the_mlflow_server_logs_in_as_its_own_database_user(terraform):
     (secret_env,) = [e for e in container["dynamic"] if "env" in e]
     assert "MLFLOW_BACKEND_STORE_URI" in secret_env["env"]["for_each"] and "ADMIN" not in secret_env["env"]["for_each"]
     assert "env_from" not in container
+
+
+def test_a_rotated_database_password_reaches_the_server_without_a_person(terraform):
+    """Rotation end to end: the operator refreshes the synced secret, Reloader rolls the Deployment whose annotation
+    names it, and each new pod's init container runs create_databases.py (the init Job's command) with the
+    secret's login keys, so PostgreSQL has the new password before the server connects with it. Every secret the
+    server reads is named in the annotation; only the init container sees the master URI."""
+    (manifests,) = [body for name, body in _resources(terraform, "kubernetes_manifest").items()
+                    if name == "synced_secret"]
+    assert manifests["manifest"]["spec"]["refreshInterval"] == "1h"
+    reloader = _resources(terraform, "helm_release")["reloader"]
+    assert reloader["chart"] == "reloader" and re.fullmatch(r"\d+\.\d+\.\d+", reloader["version"])
+    assert reloader["namespace"] == "${local.namespace}"
+
+    deployment = _resources(terraform, "kubernetes_deployment_v1")["mlflow"]
+    named = set(deployment["metadata"][0]["annotations"]["secret.reloader.stakater.com/reload"].split(","))
+    pod = deployment["spec"][0]["template"][0]["spec"][0]
+    (server,) = pod["container"]
+    read = {e["env"]["content"][0]["value_from"][0]["secret_key_ref"][0]["name"] for e in server["dynamic"]}
+    read |= {v["secret"][0]["secret_name"] for v in pod["volume"] if "secret" in v}
+    assert read == named == {"mlflow-db"}
+
+    (init,) = pod["init_container"]
+    job = _resources(terraform, "kubernetes_job_v1")["mlflow_db_init"]
+    (job_container,) = job["spec"][0]["template"][0]["spec"][0]["container"]
+    assert init["command"] == job_container["command"] and init["image"] == job_container["image"]
+    (login,) = [e["env"] for e in init["dynamic"] if "env" in e]
+    keys = _local(terraform, "database_login_keys")
+    assert login["for_each"] == "${toset(local.database_login_keys)}"
+    assert set(keys) == {"ADMIN_DATABASE_URI", "MLFLOW_DB_USER", "MLFLOW_DB_PASSWORD"}
+    assert set(keys) <= set(_local(terraform, "synced")["mlflow-db"]["template"])
+    script = (REPO / "containers" / "mlflow" / "create_databases.py").read_text()
+    assert all(f'os.environ.get("{key}")' in script for key in keys)  # what the script reads, by name
+    (server_env,) = [e for e in server["dynamic"] if "env" in e]
+    assert not set(keys) & set(re.findall(r"[A-Z_]+", server_env["env"]["for_each"]))
