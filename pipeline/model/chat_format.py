@@ -57,7 +57,11 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, history: list[dict], syste
     (Qwen3-style: an empty reasoning block), the text before that reply, as training saw it."""
     messages = _with_system(history, system_prompt)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    slotted = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": REPLY_SLOT}], tokenize=False)
+    try:
+        slotted = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": REPLY_SLOT}],
+                                                tokenize=False)
+    except Exception:  # a template that will not render a reply after this history: its generation prompt it is
+        return prompt
     start = slotted.find(REPLY_SLOT)
     if start > len(prompt) and slotted.startswith(prompt):
         return slotted[:start]
