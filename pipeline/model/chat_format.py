@@ -22,7 +22,7 @@ from pipeline.model import loading
 
 IGNORE_INDEX = -100  # label value that the loss skips
 REPLY_SLOT = "\u2063REPLY\u2063"  # a reply no conversation holds: where the template starts an answer
-THINK_END = "</think>"  # reasoning-block templates drop what comes before it from earlier replies
+THINK_START, THINK_END = "<think>", "</think>"  # a reasoning block; templates drop it from earlier replies
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,6 @@ def decode_reply(tokenizer, token_ids) -> str:
     block the model wrote first is not part of the reply (its markers are added tokens, not special ones, in
     Qwen3-style tokenizers, so skip_special_tokens keeps them)."""
     text = tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd").strip()
-    if text.startswith("<think>") and chat_format.THINK_END in text:
+    if text.startswith(chat_format.THINK_START) and chat_format.THINK_END in text:
         text = text.split(chat_format.THINK_END, 1)[1].strip()
     return text
