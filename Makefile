@@ -140,12 +140,14 @@ models: setup
 rollback: setup
 	$(WITH_STACK) $(PY) -m ops.model_registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
 
-## The champion (models:/<registered_model>@champion) behind MLflow's scoring server on 127.0.0.1:SERVE_PORT (5001);
-## fails with a message when nothing is champion yet. Restart it after a promotion or a rollback. Talk: make chat.
+## The champion (models:/<registered_model>@champion) behind an OpenAI-compatible API on 127.0.0.1:SERVE_PORT (5001):
+## /v1/chat/completions, /v1/models, /v1/feedback. It follows the alias (a promotion or rollback is served within
+## serve.poll_seconds) and records every exchange (docs/serving.md). Talk: make chat, or any OpenAI client.
 serve: setup
-	$(WITH_STACK) $(PY) -m pipeline.serving.server --config $(CONFIG) --port $(SERVE_PORT)
+	$(WITH_STACK) $(PY) -m pipeline.serving.server --config $(CONFIG) --set serve.port=$(SERVE_PORT)
 
-## A terminal chat with `make serve`'s model: the conversation is kept (multi-turn); /reset starts over, Ctrl-D quits.
+## A terminal chat with `make serve`'s model through the `openai` client, streamed; the conversation is kept
+## (multi-turn); /reset starts over, Ctrl-D quits.
 chat: setup
 	$(PY) -m ops.chat --port $(SERVE_PORT)
 

@@ -1,36 +1,51 @@
 """A terminal chat with the served champion: `make serve` in one terminal, then `make chat` in another.
 
-    python -m ops.chat --port 5001 [--max-new-tokens 96] [--temperature 0.7]
+    python -m ops.chat --port 5001 [--max-tokens 96] [--temperature 0.7]
 
-The model is stateless: the whole conversation is sent with every turn. `/reset` starts over; Ctrl-D quits.
+It speaks the OpenAI chat API through the official `openai` client, as any application would, and prints the
+reply as it streams. The server is stateless: the whole conversation is sent with every turn. `/reset` starts over;
+Ctrl-D quits.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
+
+import openai
 
 
-def ask(url: str, messages: list[dict], max_new_tokens: int, temperature: float, timeout: float = 120) -> str:
-    """One reply from the scoring server, in its OpenAI-like form: messages and params side by side."""
-    body = json.dumps({"messages": messages, "max_new_tokens": max_new_tokens, "temperature": temperature})
-    request = urllib.request.Request(url, body.encode("utf-8"), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        replies = json.loads(response.read())
-    return (replies["predictions"] if isinstance(replies, dict) else replies)[0]
+def ask(client: openai.OpenAI, model: str, messages: list[dict], max_tokens: int, temperature: float) -> str:
+    """One reply, printed as it streams; the whole reply returned."""
+    parts = []
+    print("bot> ", end="", flush=True)
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                temperature=temperature, stream=True):
+        text = (chunk.choices[0].delta.content or "") if chunk.choices else ""
+        parts.append(text)
+        print(text, end="", flush=True)
+    print()
+    return "".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.chat", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=5001, help="the port of `make serve`")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (as evaluated); 0.7 varies more")
     args = parser.parse_args(argv)
-    url = f"http://127.0.0.1:{args.port}/invocations"
-    print(f"chatting with {url}; /reset starts over, Ctrl-D quits")
+    url = f"http://127.0.0.1:{args.port}/v1"
+    client = openai.OpenAI(base_url=url, api_key="local", max_retries=0, timeout=120)
+    try:
+        served = client.models.list().data
+    except openai.APIError as exc:
+        print(f"no answer from {url} ({exc}); is `make serve` running?", file=sys.stderr)
+        return 1
+    if not served:
+        print(f"{url} serves no model yet (nothing promoted): run `make run` first", file=sys.stderr)
+        return 1
+    model = served[0].id
+    print(f"chatting with {model} v{getattr(served[0], 'version', '?')} at {url}; /reset starts over, Ctrl-D quits")
     history: list[dict] = []
     while True:
         try:
@@ -46,14 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         history.append({"role": "user", "content": text})
         try:
-            reply = ask(url, history, args.max_new_tokens, args.temperature)
-        except (urllib.error.URLError, OSError) as exc:  # HTTPError is a URLError: show the server's reason
-            detail = exc.read().decode("utf-8", "replace")[:500] if isinstance(exc, urllib.error.HTTPError) else exc
-            print(f"no reply from {url} ({detail}); is `make serve` running?", file=sys.stderr)
+            reply = ask(client, model, history, args.max_tokens, args.temperature)
+        except openai.APIError as exc:  # the server's reason, e.g. a 400 naming the field
+            print(f"\nno reply from {url} ({exc}); is `make serve` running?", file=sys.stderr)
             history.pop()  # the unanswered turn is not part of the conversation
             continue
         history.append({"role": "assistant", "content": reply})
-        print(f"bot> {reply}")
 
 
 if __name__ == "__main__":

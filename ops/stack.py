@@ -58,6 +58,7 @@ class StackConfig:
     worker_log_port: int = field(default=8793, metadata={"help": "Scheduler's log server (running tasks' logs)."})
     triggerer_log_port: int = field(default=8794, metadata={"help": "Triggerer's log server."})
     bucket: str = field(default="mlflow", metadata={"help": "Bucket of the MLflow artifacts in the s3 service."})
+    log_bucket: str = field(default="chat-logs", metadata={"help": "Bucket of the feed and of make serve's log."})
     region: str = field(default="us-east-1", metadata={"help": "AWS region name the clients sign with."})
     mlflow_workers: int = field(default=1, metadata={"help": "MLflow server workers (each ~0.4 GB)."})
     api_workers: int = field(default=1, metadata={"help": "Airflow api-server workers (2 cores: keep 1)."})
@@ -137,6 +138,7 @@ def up(home: Path, config: StackConfig, names: list[str]) -> int:
             return 1
         if name == "s3":
             _ensure_bucket(env, config.bucket)
+            _ensure_bucket(env, config.log_bucket)
         print(f"{name}: started (pid {record['pid']}) {record['url'] or ''}  log {record['log']}")
     return 0
 

@@ -108,13 +108,14 @@ def run(config: IngestConfig, project: ProjectConfig, ctx: RunContext) -> Path:
 
 def collect(config: IngestConfig, run_date: str) -> tuple[pd.DataFrame, list[dict], dict]:
     """Read, clean, de-duplicate and split: the partition's turns, its quarantine, and what happened."""
-    conversations, rejected, partitions, configured = [], [], [], []
+    conversations, rejected, dropped, partitions, configured = [], [], [], [], []
     for number, raw in enumerate(config.sources, start=1):
         source = build(sources.SourceConfig, raw, f"ingest.sources[{number}]")
         configured.append(source)
         for item in sources.read(source, run_date, config.window_days, partitions):
             item.entry = number
-            (rejected if isinstance(item, sources.Rejected) else conversations).append(item)
+            (dropped if isinstance(item, sources.Dropped)
+             else rejected if isinstance(item, sources.Rejected) else conversations).append(item)
     read = len(conversations) + len(rejected)
     read_by_entry = Counter(c.entry for c in conversations) + Counter(r.entry for r in rejected)
     _refuse_nothing_usable(config, configured, conversations, rejected, partitions, run_date)
@@ -125,6 +126,9 @@ def collect(config: IngestConfig, run_date: str) -> tuple[pd.DataFrame, list[dic
     _refuse_nothing_usable(config, configured, kept, rejected, partitions, run_date)
     counts.update(read=read, rejected=len(rejected))
     counts.update(Counter(f"rejected.{_rule(r.reason)}" for r in rejected))
+    # a source's own rule (a served exchange rated down) leaves records out: counted, not junk
+    counts.update(Counter(f"dropped.{_rule(d.reason)}" for d in dropped))
+    counts.update(Counter(c.outcome for c in conversations if c.outcome))
     for r in rejected[:20]:
         log.warning("quarantined %s: %s", r.origin, r.reason)
     quarantine = _quarantine_rows(rejected)

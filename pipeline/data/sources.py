@@ -6,6 +6,7 @@ A source is one entry of `ingest.sources`:
     - {format: openai, uri: s3://chat-logs/openai, partitioned: true} # <uri>/dt=YYYY-MM-DD/*.jsonl|*.parquet
     - {format: openai, uri: s3://chat-logs/openai, partitioned: true, marker: true}   # only published days
     - {format: sharegpt, uri: /data/sharegpt.parquet, language: en}
+    - {format: served, uri: s3://chat-logs/served, partitioned: true, accept: up}   # what users rated up (served.py)
 
 `openai` records carry `messages: [{role, content}]`, `sharegpt` records `conversations: [{from, value}]`; both
 are read from JSON Lines (.jsonl), JSON documents (.json: an array of records, json_files.py), Parquet, or a Hugging
@@ -28,18 +29,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.data import json_files, languages, locations, markers
+from pipeline.data import json_files, languages, locations, markers, records, served
 from pipeline.data.locations import SourceError
+from pipeline.data.records import Conversation, Dropped, Partition, Rejected  # noqa: F401 (what sources yield)
 from pipeline.storage import outputs
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("chatterbot", "openai", "sharegpt")
-# Speaker names in the wild -> canonical roles. Anything else (tool, function, ...) is rejected by name.
-ROLE_NAMES = {
-    "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "chatgpt": "assistant",
-    "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system",
-}
+FORMATS = ("chatterbot", "openai", "sharegpt", "served")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 REPLAY_ROLE = "replay"
 ROLES = ("nightly", REPLAY_ROLE)
@@ -48,7 +45,8 @@ SYSTEM_MESSAGES = ("drop", "keep")
 
 @dataclass(frozen=True)
 class SourceConfig:
-    format: str = field(metadata={"help": "chatterbot | openai | sharegpt"})
+    format: str = field(metadata={"help": "chatterbot | openai | sharegpt | served (the exchanges `make serve` "
+                                          "recorded, pipeline/data/served.py)"})
     uri: str | None = field(default=None, metadata={"help": "Local path or s3://bucket/prefix (file or directory)."})
     partitioned: bool = field(default=False, metadata={"help": "Read <uri>/dt=YYYY-MM-DD/ for each date of the window."})
     languages: list[str] = field(
@@ -69,6 +67,8 @@ class SourceConfig:
         "help": "nightly: its conversations are split into train / validation / test (tonight's data); replay: "
                 "a store the nights replay from (a static set beside a feed): split 'replay', never tonight's "
                 "test or validation split, trained on only as train.replay draws it."})
+    accept: str = field(default="up", metadata={"help": "served: which exchanges feedback keeps: up (rated up, or "
+                                                        "a score >= 0.5) | not_down (all but those rated down)"})
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -77,36 +77,10 @@ class SourceConfig:
             raise ValueError(f"system_messages {self.system_messages!r} is not one of {SYSTEM_MESSAGES}")
         if self.format not in FORMATS:
             raise ValueError(f"format {self.format!r} is not one of {FORMATS}")
+        if self.accept not in served.ACCEPT:
+            raise ValueError(f"accept {self.accept!r} is not one of {served.ACCEPT}")
         if self.format != "chatterbot" and not self.uri:
             raise ValueError(f"a {self.format} source needs a uri")
-
-
-@dataclass
-class Conversation:
-    origin: str  # file and line/row, e.g. s3://b/p/dt=2026-11-22/a.jsonl:17
-    source: str  # the file it came from
-    partition_date: str
-    language: str | None  # None: detect from the text
-    messages: list[tuple[str, str]]  # (role, text), roles canonical
-    entry: int = 0  # which entry of ingest.sources (1-based; set by ingest)
-    system_dropped: bool = False  # it began with a system message, dropped (counted by ingest); kept: messages[0]
-
-
-@dataclass
-class Rejected:
-    origin: str
-    reason: str
-    raw: str
-    entry: int = 0  # which entry of ingest.sources (1-based; set by ingest), for the per-source junk rate
-
-
-@dataclass
-class Partition:
-    """One readable location: its files are listed (and digested) as they are read."""
-
-    uri: str
-    partition_date: str
-    files: list[dict] = field(default_factory=list)  # {"uri", "bytes", "sha256"}
 
 
 def window(run_date: str, days: int) -> list[str]:
@@ -145,6 +119,9 @@ def _published(local: Path, uri: str, required: bool) -> bool:
 
 
 def _read_location(source: SourceConfig, local: Path, uri: str, partition: Partition) -> Iterator:
+    if source.format == "served":
+        yield from served.read_partition(local, uri, partition, source.accept, _digest_file)
+        return
     if local.is_file() or _is_hf_dataset(local):
         units = [local]
     else:
@@ -158,13 +135,13 @@ def _read_location(source: SourceConfig, local: Path, uri: str, partition: Parti
         name = uri if unit == local else f"{uri.rstrip('/')}/{unit.relative_to(local).as_posix()}"
         if _is_hf_dataset(unit):
             partition.files.append({"uri": name, **_digest_dir(unit)})
-            yield from _records_to_conversations(source, _hf_rows(unit, name), name, partition.partition_date)
+            yield from _conversations(source, _hf_rows(unit, name), name, partition.partition_date)
         elif unit.suffix == ".parquet":
             partition.files.append({"uri": name, **_digest_file(unit)})
-            yield from _records_to_conversations(source, _parquet_rows(unit, name), name, partition.partition_date)
+            yield from _conversations(source, _parquet_rows(unit, name), name, partition.partition_date)
         else:
             partition.files.append({"uri": name, **_digest_file(unit)})
-            yield from _records_to_conversations(source, json_files.rows(unit, name, Rejected), name,
+            yield from _conversations(source, json_files.rows(unit, name, Rejected), name,
                                                  partition.partition_date)
 
 
@@ -193,73 +170,10 @@ def _hf_rows(path: Path, name: str) -> Iterator[tuple[str, object]]:
             yield f"{where}#row={number}", row
 
 
-def _records_to_conversations(source: SourceConfig, rows, name: str, partition_date: str) -> Iterator:
-    field_name, role_key, text_key = (
-        ("messages", "role", "content") if source.format == "openai" else ("conversations", "from", "value")
-    )
-    language = None if source.language == "auto" else source.language
-    for origin, record in rows:
-        if isinstance(record, Rejected):
-            yield record
-            continue
-        problem = None
-        if not isinstance(record, dict):
-            problem = f"expected a JSON object, got {type(record).__name__}"
-        elif not isinstance(record.get(field_name), list):
-            problem = f"missing field {field_name!r} (a list of messages)"
-        if problem:
-            yield Rejected(origin, problem, _excerpt(record))
-            continue
-        messages, problem = _messages(record[field_name], role_key, text_key)
-        if problem:
-            yield Rejected(origin, problem, _excerpt(record))
-            continue
-        system = bool(messages) and messages[0][0] == "system"
-        messages, problem = _canonical_turns(messages, keep_system=source.system_messages == "keep")
-        if problem:
-            yield Rejected(origin, problem, _excerpt(record))
-            continue
-        record_language = record.get("language") if isinstance(record.get("language"), str) else language
-        yield Conversation(origin, name, partition_date, record_language, messages,
-                           system_dropped=system and messages[0][0] != "system")
-
-
-def _excerpt(record) -> str:
-    return json.dumps(record, ensure_ascii=False, default=str)[:300]
-
-
-def _messages(items: list, role_key: str, text_key: str) -> tuple[list[tuple[str, str]], str | None]:
-    messages = []
-    for number, item in enumerate(items, start=1):
-        if not isinstance(item, dict):
-            return [], f"message {number}: expected an object with {role_key!r} and {text_key!r}"
-        for key in (role_key, text_key):
-            if key not in item or item[key] is None:
-                return [], f"message {number}: missing field {key!r}"
-        if not isinstance(item[text_key], str):
-            return [], f"message {number}: {text_key!r} must be a string, got {type(item[text_key]).__name__}"
-        role = ROLE_NAMES.get(str(item[role_key]).strip().lower())
-        if role is None:
-            return [], f"message {number}: unknown role {item[role_key]!r} (allowed: {sorted(set(ROLE_NAMES))})"
-        messages.append((role, item[text_key]))
-    return messages, None
-
-
-def _canonical_turns(messages: list[tuple[str, str]],
-                     keep_system: bool = False) -> tuple[list[tuple[str, str]], str | None]:
-    """user/assistant alternation starting with the user, after a leading system message where it is kept (and not
-    blank). A dropped one is replaced by train.system_prompt in training, and evaluation prompts the same way."""
-    system = []
-    if messages and messages[0][0] == "system":
-        system = [messages[0]] if keep_system and messages[0][1].strip() else []
-        messages = messages[1:]
-    for index, (role, _) in enumerate(messages):
-        expected = "user" if index % 2 == 0 else "assistant"
-        if role != expected:
-            return [], f"turn {index + 1}: expected role {expected!r}, got {role!r} (turns must alternate, user first)"
-    if len(messages) < 2:
-        return [], f"fewer than 2 turns ({len(messages)}): nothing to learn a reply from"
-    return system + messages, None
+def _conversations(source: SourceConfig, rows, name: str, partition_date: str) -> Iterator:
+    return records.to_conversations(rows, name, partition_date, sharegpt=source.format == "sharegpt",
+                                    language=None if source.language == "auto" else source.language,
+                                    keep_system=source.system_messages == "keep")
 
 
 def _read_chatterbot(source: SourceConfig, run_date: str, partitions: list[Partition]) -> Iterator:

@@ -1,6 +1,7 @@
-"""The champion served: the tiny model logged by chat_model.log_chat_model (models-from-code, no pickle), served by the
-real `mlflow models serve --env-manager local` through `python -m pipeline.serving.server` (what `make serve` runs), and
-asked a multi-turn question over HTTP, directly and through the chat REPL of `make chat`."""
+"""The registered model: the tiny model logged by chat_model.log_chat_model (models-from-code, no pickle), served by
+MLflow's own scoring server (`mlflow models serve --env-manager local`, what an MLflow user would run, and the
+baseline of the serving benchmark) and asked a multi-turn question over HTTP. `make serve`'s OpenAI-compatible server
+is tested in test_openai_serving.py."""
 
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ops import chat
 from pipeline.config import load_project
 from pipeline.model import generation, loading
 from pipeline.process.ports import free_port
-from pipeline.serving import chat_model, server
+from pipeline.serving import chat_model
 from pipeline.tracking import registry, runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,12 +47,9 @@ def weights(tiny_model_dir, tmp_path) -> Path:
 
 
 @pytest.mark.timeout(180)
-def test_champion_is_served_over_http(make_config, weights, tmp_path, capsys, monkeypatch):
+def test_registered_model_is_served_by_mlflow_over_http(make_config, weights, tmp_path):
     config = make_config()
     project = load_project(config)
-    assert server.main(["--config", str(config), "--port", "1"]) == 1  # nothing to serve yet: says so, fails
-    assert "no champion yet" in capsys.readouterr().err
-
     runs.connect(project)
     info = chat_model.log_chat_model(str(weights), project.registered_model)
     client = MlflowClient()
@@ -73,8 +70,12 @@ def test_champion_is_served_over_http(make_config, weights, tmp_path, capsys, mo
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.serving.server", "--config", str(config), "--port", str(port)],
-                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.tracking_uri(project),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its uvicorn
+    process = subprocess.Popen([mlflow_cli, "models", "serve", "-m", f"models:/{project.registered_model}@champion",
+                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_ping(url, process, tmp_path / "serve.log")
         short = post(url, {"messages": CONVERSATION, "max_new_tokens": 2})[0]
@@ -87,13 +88,6 @@ def test_champion_is_served_over_http(make_config, weights, tmp_path, capsys, mo
         records = post(url, {"dataframe_records": [{"messages": CONVERSATION}],
                              "params": {"max_new_tokens": 8, "temperature": 1.0}})
         assert isinstance(records["predictions"][0], str)
-
-        sent = []
-        monkeypatch.setattr("builtins.input", typed(["Hello", "How are you?", "/reset", "Hi"]))
-        monkeypatch.setattr(chat, "ask", recording(chat.ask, sent))
-        assert chat.main(["--port", str(port), "--max-new-tokens", "4"]) == 0  # Ctrl-D after the last line
-        assert [len(messages) for messages in sent] == [1, 3, 1]  # the history is kept, then reset
-        assert capsys.readouterr().out.count("bot> ") == 3
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
         process.wait(timeout=30)
@@ -119,23 +113,3 @@ def post(url: str, payload: dict):
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
-
-def typed(lines: list[str]):
-    """input() for a user who types `lines`, then Ctrl-D."""
-    remaining = iter(lines)
-
-    def read(prompt: str = "") -> str:
-        try:
-            return next(remaining)
-        except StopIteration:
-            raise EOFError from None
-
-    return read
-
-
-def recording(ask, sent: list):
-    def record(url, messages, *args, **kwargs):
-        sent.append(list(messages))
-        return ask(url, messages, *args, **kwargs)
-
-    return record

@@ -156,8 +156,10 @@ TESTED_IN = {
     "ops/stack.py": "tests/stack/test_stack.py",  # the services brought up, a scheduled run, brought down
     "ops/backfill.py": "tests/dagruns/test_backfill.py",  # a real Airflow backfill over two dates
     "ops/nights.py": "tests/nights/test_nights_driver.py",  # three nights through the real DAG
-    "ops/chat.py": "tests/integration/test_serving.py",  # the REPL against the served champion
-    "pipeline/serving/server.py": "tests/integration/test_serving.py",  # MLflow's scoring server over HTTP
+    "ops/chat.py": "tests/integration/test_openai_serving.py",  # the REPL against the served champion
+    "pipeline/serving/server.py": "tests/integration/test_openai_serving.py",  # the server over HTTP, openai client
+    "pipeline/serving/openai_api.py": "tests/integration/test_openai_serving.py",
+    "pipeline/serving/engine.py": "tests/integration/test_openai_serving.py",  # transformers' serving, for real
     "pipeline/serving/model_code.py": "tests/integration/test_serving.py",  # what MLflow runs to build the model
     "pipeline/data/table.py": "tests/unit/test_ingest.py",  # names only: ingest writes them, validate checks them
 }
