@@ -126,6 +126,7 @@ bench: setup
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_tokenization.py
+	$(PY) benchmarks/bench_serving.py
 	$(PY) -m ops.bench_report --page docs/benchmarks.md
 
 ## The generation cache measured: two real nights of the embedded DAG (own experiment), evaluate night 1 vs 2.

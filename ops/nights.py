@@ -11,7 +11,10 @@ on the anchor set, the decision and the wall time. A failed night is a row sayin
 the schedule would). At the end the table and a chart of the champion in force after each night against the base
 model, on the anchor and memory sets, go to `runs/nights/<first>_<last>/` and to an MLflow run `nights <first>..
 <last>` in the experiment, whose metrics are logged with step = night, so its chart view draws the trajectory;
-each night's own DAG run is a row of the experiment's runs view.
+each night's own DAG run is a row of the experiment's runs view. Last, what strategies are compared by
+(strategy_summary): the gain of the model in force over the base model on the outside set with its 95% interval,
+the worst change on the memory set at a promotion, promotions, wall times; `--summary-only` prints it (and the
+table) again for nights that already ran.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from ops import chat_feed, dag_run, run_summary
-from pipeline.config import load_project
+from pipeline.config import RunContext, load_project
 from pipeline.data import table
+from pipeline.promotion import significance
 from pipeline.storage import outputs
 from pipeline.tracking import runs
 
@@ -40,10 +44,15 @@ SETS = {"test": "", "memory": "memory_", "anchor": "anchor_"}
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = str(dag_run.config_with_overrides(args.config, args.overrides)) if args.overrides else args.config
+    dates = [(args.end - datetime.timedelta(days=n)).isoformat() for n in range(args.nights - 1, -1, -1)]
+    if args.summary_only:  # the nights ran already: their table and what strategies are compared by
+        rows = json.loads((Path(load_project(config).runs_root) / "nights" / f"{dates[0]}_{dates[-1]}"
+                           / "nights.json").read_text())
+        print(format_table(rows) + "\n" + json.dumps(strategy_summary(config, rows), indent=1))
+        return 0
     published = chat_feed.publish(args.feed, args.feed_end or args.end)
     print(f"feed {args.feed} ending {args.feed_end or args.end}: {published['written']} partitions written, "
           f"{published['unchanged']} unchanged", flush=True)
-    dates = [(args.end - datetime.timedelta(days=n)).isoformat() for n in range(args.nights - 1, -1, -1)]
     rows = []
     for number, date in enumerate(dates, start=1):
         started = time.monotonic()
@@ -52,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows[-1:], header=number == 1), flush=True)
     where = write_trajectory(config, dates, rows)
     print("\n" + format_table(rows) + f"\n\ntrajectory: {where}")
+    print(json.dumps(strategy_summary(config, rows), indent=1))
     return 0 if all(row["ok"] for row in rows) else 1
 
 
@@ -65,6 +75,7 @@ def parse_args(argv):
     parser.add_argument("--feed-end", type=datetime.date.fromisoformat,
                         help="the feed's last day (default: --end); later puts other source days on the nights")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--summary-only", action="store_true", help="run nothing: summarize the nights that ran")
     args = parser.parse_args(argv)
     if args.nights < 1:
         parser.error("--nights must be >= 1")
@@ -96,6 +107,58 @@ def night_row(config: str, number: int, date: str, code: int, seconds: float) ->
         for model in ("candidate", "champion", "base"):
             row[f"{model}/{name}"] = metrics.get(f"{model}/{prefix}{KEY}", math.nan)
     return row
+
+
+def strategy_summary(config: str, rows: list[dict], resamples: int = 2000) -> dict:
+    """What strategies are compared by (docs/nights.md): the gain of the model in force after the last night over
+    the base model on the outside (anchor) set, ROUGE-L and similarity with their 95% intervals (conversation
+    bootstrap); the worst forgetting: the lowest gain on the memory set of a promoted candidate over the model it
+    replaced; promotions; wall time per night (first, middle, last)."""
+    project = load_project(config)
+    runs.connect(project)
+    client, last = MlflowClient(), rows[-1]
+    in_force = ("candidate" if last["decision"] == "promoted"
+                else "champion" if not math.isnan(last["champion/anchor"]) else None)
+    summary = {"promotions": sum(row["decision"] == "promoted" for row in rows), "model_after_last_night": in_force,
+               "seconds": {f"night {row['night']}": row["seconds"] for row in (rows[0], rows[len(rows) // 2], last)}}
+    anchor = _samples(client, project, last["date"], "samples_anchor.parquet")
+    if in_force and anchor is not None:
+        summary["anchor_gain_over_base"] = _gains(anchor, in_force, "base", "anchor", resamples)
+    forgetting = []
+    for row in (r for r in rows if r["decision"] == "promoted"):
+        memory = _samples(client, project, row["date"], "samples_memory.parquet")
+        if memory is not None:
+            replaced = "champion" if "champion" in memory else "base"
+            forgetting.append({"night": row["night"], "vs": replaced,
+                               **_gains(memory, "candidate", replaced, "memory", resamples)})
+    if forgetting:
+        summary["worst_memory_change"] = min(forgetting, key=lambda f: f["rougeL"]["gain"])
+    return summary
+
+
+def _samples(client, project, date: str, name: str):
+    import pandas as pd
+
+    found = [r for r in run_summary.dag_runs(client, runs.connect(project), 50)
+             if r.data.tags.get("airflow.logical_date", "")[:10] == date]
+    if not found:
+        return None
+    tags = found[0].data.tags
+    ctx = RunContext(date, tags.get("airflow.run_id", ""), tags.get("airflow.dag_id", ""))
+    path = outputs.run_dir(project, ctx, "evaluate") / name
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def _gains(samples, model: str, against: str, name: str, resamples: int) -> dict:
+    paired = significance.PairedSamples(samples, [model, against], name)
+    weights = significance.resample_weights(paired.groups, resamples, seed=0)
+    found = {}
+    for metric in ("rougeL", "similarity"):
+        c = significance.compare(paired, metric, model, against, threshold=0.0, lower_is_better=False,
+                                 rule="improves", confidence=0.95, weights=weights, min_conversations=5)
+        found[metric] = {"gain": round(c.gain, 2), "ci": [round(c.low, 2), round(c.high, 2)],
+                         "p_better": round(c.p_value, 4), "conversations": c.conversations}
+    return found
 
 
 def _child(client, run, stage: str):

@@ -121,3 +121,19 @@ def test_the_window_holds_yesterdays_test_split_whose_incumbent_replies_come_fro
     assert report["cache"]["outcomes"]["base"]["anchor"] == "hit"
     row = three_nights["rows"][2]  # the table counts replies over the three models
     assert row["reused"] >= from_yesterday + report["memory"]["examples"] + 8 and row["generated"] > 0
+
+
+def test_the_strategy_summary_scores_the_model_in_force_against_the_base_model(three_nights, capsys):
+    """What docs/nights.md compares strategies by, from the nights' own evaluation samples (--summary-only reruns
+    nothing)."""
+    root, rows = three_nights["root"], three_nights["rows"]
+    summary = nights.strategy_summary(str(root / "config.yaml"), rows, resamples=200)
+    assert summary["promotions"] == sum(r["decision"] == "promoted" for r in rows) >= 1
+    assert summary["model_after_last_night"] in ("candidate", "champion")
+    for metric in ("rougeL", "similarity"):
+        gain = summary["anchor_gain_over_base"][metric]
+        assert gain["ci"][0] <= gain["gain"] <= gain["ci"][1] and gain["conversations"] == 8
+    assert list(summary["seconds"]) == ["night 1", "night 2", "night 3"]
+    assert nights.main(["--nights", "3", "--config", str(root / "config.yaml"), "--end", END.isoformat(),
+                        "--feed", str(root / "feed"), "--feed-end", FEED_END.isoformat(), "--summary-only"]) == 0
+    assert '"anchor_gain_over_base"' in capsys.readouterr().out
