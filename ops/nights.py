@@ -153,7 +153,7 @@ def _gains(samples, model: str, against: str, name: str, resamples: int) -> dict
     paired = significance.PairedSamples(samples, [model, against], name)
     weights = significance.resample_weights(paired.groups, resamples, seed=0)
     found = {}
-    for metric in ("rougeL", "similarity"):
+    for metric in (m for m in ("rougeL", "similarity") if paired.has(m)):  # similarity: where evaluate scored it
         c = significance.compare(paired, metric, model, against, threshold=0.0, lower_is_better=False,
                                  rule="improves", confidence=0.95, weights=weights, min_conversations=5)
         found[metric] = {"gain": round(c.gain, 2), "ci": [round(c.low, 2), round(c.high, 2)],

@@ -130,8 +130,8 @@ def test_the_strategy_summary_scores_the_model_in_force_against_the_base_model(t
     summary = nights.strategy_summary(str(root / "config.yaml"), rows, resamples=200)
     assert summary["promotions"] == sum(r["decision"] == "promoted" for r in rows) >= 1
     assert summary["model_after_last_night"] in ("candidate", "champion")
-    for metric in ("rougeL", "similarity"):
-        gain = summary["anchor_gain_over_base"][metric]
+    assert "rougeL" in summary["anchor_gain_over_base"]
+    for gain in summary["anchor_gain_over_base"].values():
         assert gain["ci"][0] <= gain["gain"] <= gain["ci"][1] and gain["conversations"] == 8
     assert list(summary["seconds"]) == ["night 1", "night 2", "night 3"]
     assert nights.main(["--nights", "3", "--config", str(root / "config.yaml"), "--end", END.isoformat(),
