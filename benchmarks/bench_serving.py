@@ -53,7 +53,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     config, versions = champion_registry(scratch)
     turns, _, _ = ingest.collect(ingest.IngestConfig(), "2026-11-22")
-    prompts = [[{"role": r, "content": t} for r, t in e.history] for e in chat_format.eval_examples(turns, "test")]
+    prompts = [list(e.history) for e in chat_format.eval_examples(turns, "test")]
     results = {"benchmark": "serving", "model": ProjectConfig().base_model, "dtype": "float32",
                "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "requests_per_client": args.requests, "max_tokens": args.max_tokens, "servers": {}}
