@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         progress.stage_finished(time.monotonic() - started, f"{type(exc).__name__}: {exc}"[:300])
         raise
     progress.stage_finished(time.monotonic() - started, error)
-    if output is not None:
+    # One reporter per node, the first local process: under torchrun every rank returns the same run-scoped URI, and
+    # two ranks printing at once can interleave into one garbled line.
+    if output is not None and os.environ.get("LOCAL_RANK", "0") == "0":
         _write_xcom(output)
         print(output, flush=True)  # for people and hand-run scripts; the runtimes read the XCom file
     return code
@@ -123,10 +125,9 @@ def _evaluate_again(args: argparse.Namespace, project, dataset: str, model: str)
 def _write_xcom(output) -> None:
     """The task's XCom: the URI as a JSON string in PIPELINE_XCOM_FILE, set by every runtime of the DAG (a temp file,
     a container's /tmp, the Kubernetes sidecar's /airflow/xcom/return.json). Written atomically (temp + rename): a
-    stage killed mid-write leaves no half URI. One writer per node, the first local process: under torchrun every
-    rank returns the same run-scoped URI."""
+    stage killed mid-write leaves no half URI."""
     path = os.environ.get("PIPELINE_XCOM_FILE")
-    if path and os.environ.get("LOCAL_RANK", "0") == "0":
+    if path:
         outputs.write_json(Path(path), str(output))  # one line: the local runtime prints it as the last log line
 
 
