@@ -26,6 +26,10 @@ export TOKENIZERS_PARALLELISM := false
 
 # Commands that record to MLflow use the stack's tracking server (HTTP, artifacts in its S3): start it if needed.
 WITH_STACK = $(PY) -m ops.stack up --services s3,mlflow && eval "$$($(PY) -m ops.stack env)" &&
+# The dated chat-log feed in the stack's S3 (ops/chat_feed.py), which the embedded config reads: published, or
+# refreshed to end yesterday (idempotent, seconds when nothing changed), before anything runs the DAG.
+FEED ?= s3://chat-logs/openai
+PUBLISH_FEED = $(WITH_STACK) $(PY) -m ops.chat_feed --to $(FEED) &&
 
 .PHONY: setup allocator run airflow-db ui browser feed nights test-nights test-training test-dagruns test-stack test test-ci test-all container-host test-slow test-containers test-faults \
 	test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
@@ -63,19 +67,18 @@ airflow-db: setup
 ## Progress on the console, Airflow's own log in a file (VERBOSE=1 shows it), a summary with links at the end.
 ## SET="train.precision=fp32 train.seed=7" overrides config keys for this run (a derived config in runs/configs/).
 run: airflow-db
-	$(WITH_STACK) $(PY) -m ops.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose) \
+	$(PUBLISH_FEED) $(PY) -m ops.dag_run --config $(CONFIG) --date $(DATE) $(if $(VERBOSE),--verbose) \
 	    $(foreach override,$(SET),--set $(override))
 
 ## The dated chat-log feed in the stack's S3 (ops/chat_feed.py): chitchat-dataset's 102 source days as daily
 ## OpenAI JSONL partitions ending yesterday, each published by a _SUCCESS marker; idempotent.
-FEED ?= s3://chat-logs/openai
 feed: setup
 	$(WITH_STACK) $(PY) -m ops.chat_feed --to $(FEED)
 
 ## A real Airflow 3 backfill over START..END (inclusive): make backfill START=2026-11-01 END=2026-11-07
 backfill: airflow-db
 	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD"; exit 2; }
-	$(WITH_STACK) $(PY) -m ops.backfill --start $(START) --end $(END) --config $(CONFIG)
+	$(PUBLISH_FEED) $(PY) -m ops.backfill --start $(START) --end $(END) --config $(CONFIG)
 
 ## Container images with podman, from a locally bootstrapped Debian base (no registry needed).
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -99,7 +102,7 @@ image-train: images
 ## api-server, dag-processor, scheduler, triggerer; the DAG is unpaused and runs on its schedule. State: .stack/.
 ## make up SERVICES=s3,mlflow starts a subset; CHAT_RETRAIN_CONFIG / CHAT_RETRAIN_SCHEDULE are read at `up`.
 up: setup
-	$(PY) -m ops.stack up $(if $(SERVICES),--services $(SERVICES))
+	$(PUBLISH_FEED) $(PY) -m ops.stack up $(if $(SERVICES),--services $(SERVICES))
 
 status:
 	@$(PY) -m ops.stack status
