@@ -32,7 +32,7 @@ FEED ?= s3://chat-logs/openai
 PUBLISH_FEED = $(WITH_STACK) $(PY) -m ops.chat_feed --to $(FEED) &&
 
 .PHONY: setup allocator run airflow-db ui browser feed nights test-nights test-training test-dagruns test-stack test test-ci test-all container-host test-slow test-containers test-faults \
-	test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback models \
+	test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback approve reject models \
 	serve chat backfill images up status down
 
 setup: $(VENV)/.installed allocator
@@ -143,6 +143,11 @@ models: setup
 
 rollback: setup
 	$(WITH_STACK) $(PY) -m ops.model_registry rollback --config $(CONFIG) --version $(VERSION) --reason "$(REASON)"
+
+## With promote.require_approval: a version that passed the gate waits as `challenger`; make approve VERSION=4 moves
+## `champion` to it (only from the champion the gate compared with), make reject VERSION=4 leaves it (docs/evaluation.md).
+approve reject: setup
+	$(WITH_STACK) $(PY) -m ops.model_registry $@ --config $(CONFIG) --version $(VERSION)
 
 ## The champion (models:/<registered_model>@champion) behind an OpenAI-compatible API on 127.0.0.1:SERVE_PORT (5001):
 ## /v1/chat/completions, /v1/models, /v1/feedback. It follows the alias (a promotion or rollback is served within

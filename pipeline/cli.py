@@ -77,12 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         progress.stage_finished(time.monotonic() - started, f"{type(exc).__name__}: {exc}"[:300])
         raise
     progress.stage_finished(time.monotonic() - started, error)
-    # One reporter per node, the first local process: under torchrun every rank returns the same run-scoped URI, and
-    # two ranks printing at once can interleave into one garbled line.
-    if output is not None and os.environ.get("LOCAL_RANK", "0") == "0":
-        _write_xcom(output)
-        print(output, flush=True)  # for people and hand-run scripts; the runtimes read the XCom file
+    if output is not None:
+        _report(output)
     return code
+
+
+def _report(output) -> None:
+    """The output URI as the task's XCom and as stdout's last line, from one process per node, the first local one:
+    under torchrun every rank returns the same run-scoped URI, and two ranks printing at once can interleave into
+    one garbled line."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    _write_xcom(output)
+    print(output, flush=True)  # for people and hand-run scripts; the runtimes read the XCom file
 
 
 def _run_stage(args: argparse.Namespace) -> tuple[int, str | None, object]:

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import ConfigError, ProjectConfig, RunContext, as_params
 from pipeline.data import partitions
 from pipeline.process import failpoints
-from pipeline.promotion import report, significance
+from pipeline.promotion import approval, report, significance
 from pipeline.promotion.gate import Decision, Evidence, check_metric_names, decide, order_blocks
 from pipeline.serving import chat_model
 from pipeline.storage import outputs
@@ -73,12 +73,22 @@ class PromoteConfig:
         "help": "Fewest conversations a bootstrap comparison resamples; with fewer it shows nothing (p = 1): the "
                 "gate metric does not pass and a guard does not block."})
     history: int = field(default=10, metadata={"help": "Past champions charted in the evaluation report."})
+    require_approval: bool = field(default=False, metadata={
+        "help": "A candidate that passes the gate stays `challenger`, awaiting a person's answer (the DAG's approve "
+                "task, or python -m pipeline approval record); only an approval moves `champion`. False: the gate's "
+                "pass moves it at once."})
+    approval_timeout_hours: float = field(default=20.0, metadata={
+        "help": "No answer within this many hours rejects. Under 24: a run waiting holds the next night back "
+                "(max_active_runs=1)."})
 
     def __post_init__(self):
         if not 0.5 <= self.confidence < 1:
             raise ConfigError(f"promote.confidence must be in [0.5, 1), got {self.confidence}")
         if self.resamples < 100:
             raise ConfigError(f"promote.resamples must be >= 100 for a usable interval, got {self.resamples}")
+        if not 0 < self.approval_timeout_hours < 24:
+            raise ConfigError("promote.approval_timeout_hours must be in (0, 24): a night waiting longer blocks the "
+                              f"next one, got {self.approval_timeout_hours}")
 
 
 class ChampionMoved(RuntimeError):
@@ -108,9 +118,11 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
         candidate = register(client, project, ctx, result, manifest)
         decision = against_what_was_scored(decide(config, result["scores"], incumbent, ctx.run_type, evidence),
                                            incumbent, champion)
-        apply(client, project.registered_model, candidate, decision, champion)
+        awaiting = decision.promote and config.require_approval
+        apply(client, project.registered_model, candidate, decision, champion, awaiting)
         output = outputs.run_dir(project, ctx, "promote")
-        outputs.write_json(output / outputs.PROMOTION, {"version": candidate.version, **asdict(decision)})
+        outputs.write_json(output / outputs.PROMOTION, {"version": candidate.version, "awaiting_approval": awaiting,
+                                                        **asdict(decision)})
         history = registry.champion_history(client, project.registered_model, config.history)
         report_file = report.write(output / outputs.REPORT, Path(evaluation), decision, candidate, history, ctx)
         mlflow.log_artifact(str(report_file))
@@ -234,18 +246,21 @@ def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, cha
                     champion_data_end=trained_until(champion))
 
 
-def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared) -> None:
+def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared, awaiting: bool = False) -> None:
     """Aliases, tags and descriptions of the decision. `champion` moves only from the version the gate compared with
     (`compared`): read again just before, so a promotion by another run meanwhile fails this attempt (its retry
-    compares again) instead of being overwritten."""
+    compares again) instead of being overwritten. `awaiting`: a pass waits for a person (promotion/approval.py)."""
     client.set_registered_model_alias(name, registry.CHALLENGER, candidate.version)
     if decision.promote:
         now = registry.champion(client, name)
         if (now and now.version) != (compared and compared.version):
             raise ChampionMoved(f"champion moved to v{now.version if now else '-'} while promote compared with "
                                 f"v{compared.version if compared else '-'}; a retry of the task compares again")
-        client.set_registered_model_alias(name, registry.CHAMPION, candidate.version)
-    tags = {"promotion.decision": "promoted" if decision.promote else "rejected", "promotion.reason": decision.reason,
+        if not awaiting:
+            client.set_registered_model_alias(name, registry.CHAMPION, candidate.version)
+    verdict = "awaiting approval" if awaiting else "promoted" if decision.promote else "rejected"
+    tags = {"promotion.decision": verdict, "promotion.reason": decision.reason,
+            **(approval.awaiting_tags(compared) if awaiting else {}),
             "promotion.incumbent": decision.incumbent_name, "promotion.checks": "\n".join(decision.checks),
             **{f"gate.{c['name']}": f"gain {c['gain']:+.4f} CI [{c['low']:+.4f}, {c['high']:+.4f}] p={c['p_value']:.4f} "
                f"({c['set']}, {c['rule']} {c['threshold']:+g}: {'pass' if c['passed'] else 'fail'})"
@@ -253,7 +268,7 @@ def apply(client: MlflowClient, name: str, candidate, decision: Decision, compar
     for key, value in tags.items():
         client.set_model_version_tag(name, candidate.version, key, value)
     # Descriptions are what the registry pages of the UI show first: the decision in words, and what the model is.
-    client.update_model_version(name, candidate.version, description=describe(decision, candidate))
+    client.update_model_version(name, candidate.version, description=describe(decision, candidate, awaiting))
     client.update_registered_model(name, description=MODEL_DESCRIPTION)
     mlflow.set_tags(tags)
     figures = {f"gate/{c['name']}_{part}": c[part] for c in decision.comparisons for part in ("gain", "low", "high", "p_value")
@@ -271,9 +286,10 @@ MODEL_DESCRIPTION = (
 )
 
 
-def describe(decision: Decision, candidate) -> str:
+def describe(decision: Decision, candidate, awaiting: bool = False) -> str:
     """The model version's description: the decision, its reason and each check, in Markdown."""
-    verdict = "PROMOTED to `champion`" if decision.promote else "REJECTED (stays `challenger`)"
+    verdict = ("AWAITING APPROVAL (passed the gate; stays `challenger` until a person approves)" if awaiting
+               else "PROMOTED to `champion`" if decision.promote else "REJECTED (stays `challenger`)")
     run = candidate.tags.get("airflow.run_id", "-")
     lines = [f"**Decision: {verdict}**: {decision.reason}.", "", f"Compared with: {decision.incumbent_name}.", "",
              "Checks:", *[f"- {check}" for check in decision.checks or ["(none: nothing to compare with)"]], "",

@@ -50,13 +50,14 @@ def test_the_output_uri_goes_to_the_xcom_file_and_last_on_stdout(make_config, tm
     assert json.loads((tmp_path / "xcom" / "return.json").read_text()) == uri
 
 
-def test_one_xcom_writer_per_node_and_the_file_is_one_json_line(tmp_path, monkeypatch):
+def test_one_reporter_per_node_and_the_xcom_file_is_one_json_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PIPELINE_XCOM_FILE", str(tmp_path / "xcom" / "return.json"))
     monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's other local ranks return the same URI: they stay silent
-    cli._write_xcom(Path("data/conversations/dt=2026-11-22"))
-    assert not (tmp_path / "xcom").exists()
+    cli._report(Path("data/conversations/dt=2026-11-22"))
+    assert not (tmp_path / "xcom").exists() and capsys.readouterr().out == ""
     monkeypatch.setenv("LOCAL_RANK", "0")
-    cli._write_xcom(Path("data/conversations/dt=2026-11-22"))
+    cli._report(Path("data/conversations/dt=2026-11-22"))
+    assert capsys.readouterr().out == "data/conversations/dt=2026-11-22\n"  # one line, not one per rank
     # One line (the local runtime prints it as the task's last output line); no temp file left beside it.
     assert [p.name for p in (tmp_path / "xcom").iterdir()] == ["return.json"]
     assert (tmp_path / "xcom" / "return.json").read_text().splitlines() == ['"data/conversations/dt=2026-11-22"']

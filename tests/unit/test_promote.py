@@ -11,44 +11,19 @@ from mlflow.tracking import MlflowClient
 
 from ops import model_registry
 from pipeline import promote
-from pipeline.config import ProjectConfig, RunContext
+from pipeline.config import ProjectConfig
 
 SCORES = {"candidate": {"bleu": 10.0, "rougeL": 20.0, "chrf1": 30.0, "perplexity": 12.0},
           "base": {"bleu": 4.0, "rougeL": 10.0, "chrf1": 25.0, "perplexity": 20.0}}
 GATE = promote.PromoteConfig()
 
 
-def _promote(tmp_path, model_dir, run_id, bleu, run_type="scheduled"):
-    project = ProjectConfig(runs_root=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                            artifact_root=str(tmp_path / "artifacts"), registered_model="chat")
-    evaluation, dataset = tmp_path / run_id, tmp_path / "dataset"
-    evaluation.mkdir(exist_ok=True)
-    dataset.mkdir(exist_ok=True)
-    (dataset / "manifest.json").write_text(json.dumps(
-        {"dataset": "conversations", "partition_date": "2026-11-22", "digest": "abc" * 8, "input_digest": "def" * 8}))
-    (evaluation / "evaluation.json").write_text(json.dumps({
-        "scores": {"candidate": {"bleu": bleu, "bleu_en": bleu}, "base": {"bleu": 4.0, "bleu_en": 4.0}},
-        "model": str(model_dir), "data_digest": "abc" * 8, "data_input_digest": "def" * 8, "examples": 1,
-        "dataset": str(dataset)}))
-    pd.DataFrame({"language": ["en"], "prompt": ["hi"], "reference": ["hello"], "candidate": ["hey"]}).to_parquet(
-        evaluation / "samples.parquet")
-    ctx = RunContext("2026-11-22", run_id, "dag", run_type)
-    # Guards need metrics this hand-made evaluation lacks (an unknown guard key is a config error): gate only.
-    return project, promote.run(promote.PromoteConfig(max_regression={}), project, ctx, str(evaluation))
-
-
-@pytest.fixture
-def model_dir(tiny_model_dir, tmp_path):
-    (tiny_model_dir / "train_config.json").write_text(json.dumps({"train.system_prompt": None}))
-    return tiny_model_dir
-
-
 @pytest.mark.timeout(300)
-def test_registry_lifecycle_worse_model_backfill_retry_rollback(tmp_path, model_dir, capsys):
-    _promote(tmp_path, model_dir, "night-1", bleu=8.0)
-    _promote(tmp_path, model_dir, "night-2", bleu=6.0)  # worse than champion v1 (recorded 8.0)
-    _promote(tmp_path, model_dir, "night-2", bleu=6.0)  # a retry must not register a third version
-    project, output = _promote(tmp_path, model_dir, "backfill-1", bleu=50.0, run_type="backfill")
+def test_registry_lifecycle_worse_model_backfill_retry_rollback(tmp_path, promote_night, capsys):
+    promote_night("night-1", bleu=8.0)
+    promote_night("night-2", bleu=6.0)  # worse than champion v1 (recorded 8.0)
+    promote_night("night-2", bleu=6.0)  # a retry must not register a third version
+    project, output = promote_night("backfill-1", bleu=50.0, run_type="backfill")
     client = MlflowClient(tracking_uri=project.tracking_uri)
     assert len(client.search_model_versions("name = 'chat'")) == 3
     assert client.get_model_version_by_alias("chat", "champion").version == 1
