@@ -45,7 +45,7 @@ def status(client: MlflowClient, name: str, version, timeout_hours: float) -> di
     ask (approval not required, or the gate said no)."""
     tags = version.tags if version else {}
     answered = tags.get(ANSWER) if tags.get(STATUS) else None
-    state = {"version": version.version if version else None, "awaiting": tags.get(STATUS) == AWAITING and not answered,
+    state = {"version": str(version.version) if version else None, "awaiting": tags.get(STATUS) == AWAITING and not answered,
              "answered": answered, "status": tags.get(STATUS), "timeout_hours": timeout_hours}
     if state["awaiting"]:
         state["subject"] = f"Promote {name} v{version.version} to champion?"
@@ -81,7 +81,7 @@ def record(client: MlflowClient, name: str, version_number: str, answer: str, by
     client.update_model_version(name, version.version, description=f"{APPROVAL_HEAD} {final}**: "
                                 f"{reason.split('; approval: ')[-1]} ({stamp}){APPROVAL_LINE_END}{description}")
     client.set_model_version_tag(name, version.version, STATUS, final)  # last: the answer is now fully applied
-    return {"version": version.version, "status": final, "reason": reason, "by": by, "at": stamp}
+    return {"version": str(version.version), "status": final, "reason": reason, "by": by, "at": stamp}
 
 
 def _apply(client: MlflowClient, name: str, version, answer: str, by: str) -> tuple[str, str]:
