@@ -159,11 +159,14 @@ def _refuse_nothing_usable(config: IngestConfig, configured: list, conversations
 
 
 def per_source(configured: list, read: Counter, rejected: list) -> list[dict]:
-    """Records read and quarantined per entry of ingest.sources, with the junk rate validate allows it (None: its
-    global max_quarantine_ratio). A conversation dropped in cleaning counts as quarantined by its source."""
+    """Records read and quarantined per entry of ingest.sources, how many of those are its expected junk, with the
+    rate validate allows the rest (None: its global max_quarantine_ratio). A conversation dropped in cleaning counts
+    as quarantined by its source."""
     quarantined = Counter(r.entry for r in rejected)
+    expected = Counter(r.entry for r in rejected if _rule(r.reason) in configured[r.entry - 1].expected_junk)
     return [{"source": f"{number}: {source.format} {source.uri or 'package'}", "read": read[number],
-             "quarantined": quarantined[number], "max_quarantine_ratio": source.max_quarantine_ratio}
+             "quarantined": quarantined[number], "expected_junk": expected[number],
+             "max_quarantine_ratio": source.max_quarantine_ratio}
             for number, source in enumerate(configured, start=1)]
 
 

@@ -177,10 +177,13 @@ def tables(turns: pd.DataFrame, manifest: dict, config: ValidateConfig) -> dict[
 def _over_allowance(row: dict, config: ValidateConfig) -> str | None:
     """None, or what the failure names: the source, its counts and the junk rate it is allowed."""
     allowed = config.max_quarantine_ratio if row.get("max_quarantine_ratio") is None else row["max_quarantine_ratio"]
-    ratio = row["quarantined"] / max(row["read"], 1)
+    expected = row.get("expected_junk", 0)  # the source's normal junk (ingest.sources[].expected_junk): counted apart
+    ratio = (row["quarantined"] - expected) / max(row["read"], 1)
     if ratio <= allowed:
         return None
-    return f"source {row['source']}: {row['quarantined']} of {row['read']} quarantined ({ratio:.1%}), allowed {allowed:.1%}"
+    apart = f", beside {expected} expected junk" if expected else ""
+    return (f"source {row['source']}: {row['quarantined'] - expected} of {row['read']} quarantined ({ratio:.1%}"
+            f"{apart}), allowed {allowed:.1%}")
 
 
 def check(turns: pd.DataFrame, manifest: dict, config: ValidateConfig, docs_dir: Path | None = None) -> list[dict]:

@@ -56,8 +56,12 @@ class SourceConfig:
     marker: bool = field(default=False, metadata={"help": "Partitioned: read a day only once its _SUCCESS marker is "
                                                           "there, its files as the marker lists them (markers.py)."})
     max_quarantine_ratio: float | None = field(default=None, metadata={
-        "help": "This source's expected junk: records quarantined / read allowed for it (a chat log with "
-                "single-speaker sessions: ~0.45); null: validate.max_quarantine_ratio."})
+        "help": "This source's allowance: records quarantined / read allowed for it, not counting expected_junk; "
+                "null: validate.max_quarantine_ratio."})
+    expected_junk: list[str] = field(default_factory=list, metadata={
+        "help": "Rules whose rejections are this source's normal junk, e.g. fewer_than_2_turns (a chat-log session "
+                "nobody answered: 44% of the feed, 85% on its worst day): quarantined and counted, never held "
+                "against max_quarantine_ratio, which then guards malformed records only."})
     system_messages: str = field(default="drop", metadata={
         "help": "drop | keep: a conversation's leading system message (a persona, an instruction). drop: training "
                 "and evaluation give it train.system_prompt instead; keep: it is stored as turn -1 and replaces "

@@ -296,11 +296,13 @@ def test_read_and_quarantined_are_counted_per_source_with_its_allowance(tmp_path
         {"messages": [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Hi. Help?"}]},
     ])
     logs = {"format": "openai", "uri": str(tmp_path / "in"), "partitioned": True, "language": "en",
-            "max_quarantine_ratio": 0.8}
+            "max_quarantine_ratio": 0.3, "expected_junk": ["fewer_than_2_turns"]}
     _, quarantine, summary = ingest.collect(ingest.IngestConfig(sources=[CHATTERBOT, logs], max_chars=50), "2026-11-22")
-    assert summary["sources"] == [
-        {"source": "1: chatterbot " + str(CORPUS), "read": 10, "quarantined": 2, "max_quarantine_ratio": None},
-        {"source": f"2: openai {tmp_path / 'in'}", "read": 4, "quarantined": 3, "max_quarantine_ratio": 0.8}]
+    assert summary["sources"] == [  # the two unanswered sessions are the log's expected junk, the overlong one not
+        {"source": "1: chatterbot " + str(CORPUS), "read": 10, "quarantined": 2, "expected_junk": 0,
+         "max_quarantine_ratio": None},
+        {"source": f"2: openai {tmp_path / 'in'}", "read": 4, "quarantined": 3, "expected_junk": 2,
+         "max_quarantine_ratio": 0.3}]
     assert len(quarantine) == 5
 
 

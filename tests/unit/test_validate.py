@@ -106,6 +106,18 @@ def test_ratio_rules_soft_by_default_and_configurable(turns, manifest):
     assert critical == {"pii_ratio"} and warnings == {"duplicate_ratio", "quarantine_ratio"}
 
 
+def test_a_sources_expected_junk_is_counted_apart_from_its_allowance(turns, manifest):
+    """The feed's worst day: 871 of 1,023 sessions unanswered (expected junk) and 3 malformed: within a 5% allowance
+    for the malformed; 60 malformed are not, and the failure names both counts."""
+    def day(malformed: int) -> dict:
+        return {**manifest, "sources": [{"source": "1: openai s3://chat-logs/openai", "read": 1023, "quarantined":
+                                         871 + malformed, "expected_junk": 871, "max_quarantine_ratio": 0.05}]}
+    assert "quarantine_ratio" not in broken(turns, day(3))[0]
+    critical, _, report = broken(turns, day(60))
+    assert critical == {"quarantine_ratio"}
+    assert "60 of 1023 quarantined (5.9%, beside 871 expected junk), allowed 5.0%" in report["critical_message"]
+
+
 def test_stage_writes_result_and_data_docs_and_fails_on_critical(partition, tmp_path):
     project, dataset = partition
     ctx = RunContext("2026-11-22", "validate-ok")
