@@ -74,9 +74,9 @@ class PromoteConfig:
                 "gate metric does not pass and a guard does not block."})
     history: int = field(default=10, metadata={"help": "Past champions charted in the evaluation report."})
     require_approval: bool = field(default=False, metadata={
-        "help": "A candidate that passes the gate stays `challenger`, awaiting a person's answer (the DAG's approve "
-                "task, or python -m pipeline approval record); only an approval moves `champion`. False: the gate's "
-                "pass moves it at once."})
+        "help": "A candidate that passes the gate stays `challenger`, awaiting a person's answer (make approve / "
+                "make reject VERSION=N, pipeline/promotion/approval.py); only an approval moves `champion`. False: "
+                "the gate's pass moves it at once."})
     approval_timeout_hours: float = field(default=20.0, metadata={
         "help": "No answer within this many hours rejects. Under 24: a run waiting holds the next night back "
                 "(max_active_runs=1)."})
