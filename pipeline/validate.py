@@ -80,6 +80,7 @@ def run(config: ValidateConfig, project: ProjectConfig, ctx: RunContext, dataset
             raise DataValidationError(
                 f"{dataset}: {len(report['critical'])} critical rule(s) broken:\n{report['critical_message']}"
             )
+        partitions.approve(partition, ctx.run_id)  # later nights replay and score only approved days
         log.info("validated %s (sha256 %s): %d expectations evaluated", partition.path, partition.digest,
                  report["evaluated"])
     return partition.uri

@@ -7,12 +7,18 @@ The partition is shared by every run of its date: a backfill, a manual rerun or 
 this run's validate and its train. So each stage reads turns.parquet once into memory, hashes those very bytes and
 parses them; a pinned digest that differs stops the stage with both digests named, before anything is trained or
 scored. An unpinned URI (a stage run by hand) is read as it is, still checked against its own manifest.
+
+Later nights read earlier partitions too (replay, the held-out window, the memory set), and only those validate
+passed: validate writes `validated.json` (the digest it approved) into the partition, and `read_approved` takes a
+partition only while its bytes are those. A day that failed validation, was never validated, or was re-ingested
+since (a re-ingest replaces the whole directory) is skipped by its readers, who count it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from pipeline.data import table
 from pipeline.storage import outputs
 
 PIN = "#sha256="
+APPROVAL = "validated.json"  # in the partition, written by validate when it passed: the digest of the bytes approved
 
 
 class PartitionChanged(RuntimeError):
@@ -66,3 +73,20 @@ def read(uri: str) -> Partition:
             f"{path / table.TURNS_FILE}: sha256 {digest}, but {path / outputs.MANIFEST} says {manifest.get('digest')}; the "
             "partition changed while it was being read (a concurrent ingest): retry the task.")
     return Partition(path, pd.read_parquet(io.BytesIO(data)), manifest, digest)
+
+
+def approve(partition: Partition, run_id: str) -> None:
+    """Record that validate passed these bytes (atomically; the digest says which bytes)."""
+    outputs.write_json(partition.path / APPROVAL, {"digest": partition.digest, "validated_by_run": run_id})
+
+
+def read_approved(path: str | Path) -> Partition | None:
+    """An earlier partition as validate approved it; None when it was never approved (validation failed or never
+    ran), or its bytes are no longer the approved ones (re-ingested, or being re-ingested)."""
+    approval = Path(path) / APPROVAL
+    if not approval.is_file():
+        return None
+    try:
+        return read(pin(path, json.loads(approval.read_text(encoding="utf-8"))["digest"]))
+    except (PartitionChanged, FileNotFoundError, KeyError, ValueError):
+        return None

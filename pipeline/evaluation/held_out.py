@@ -11,7 +11,9 @@ The anchor set (anchor.py) is the other evaluation set; both raise EvaluationSet
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -20,6 +22,8 @@ from pipeline.data import languages, partitions, sources, table
 from pipeline.evaluation import EvaluationSetError
 from pipeline.model import chat_format
 from pipeline.storage import outputs
+
+log = logging.getLogger(__name__)
 
 
 def examples(turns: pd.DataFrame, split: str, max_examples: int | None, min_per_language: int | None,
@@ -82,25 +86,37 @@ def window(tonight: pd.DataFrame, project: ProjectConfig, run_date: str, days: i
     the champion (generation_cache). No candidate trained on any of it: a conversation is in `split` in every
     partition that holds it (splits come from a hash of the conversation). A conversation tonight's partition
     holds is taken from it, and each other one from its newest partition; a day without a partition is counted."""
-    earlier, read, missing = past_split(project, run_date, range(1, days), split, set(tonight["conversation_id"]))
-    return pd.concat([tonight, *earlier], ignore_index=True), {"days": days, "earlier_partitions": read,
-                                                             "missing_days": missing}
+    earlier = past_split(project, run_date, range(1, days), split, set(tonight["conversation_id"]))
+    return pd.concat([tonight, *earlier.turns], ignore_index=True), {
+        "days": days, "earlier_partitions": earlier.read, "missing_days": earlier.missing,
+        "unvalidated_days": earlier.unvalidated}
 
 
-def past_split(project: ProjectConfig, run_date: str, offsets: range, split: str,
-               exclude: set[str]) -> tuple[list[pd.DataFrame], list[str], int]:
+class EarlierSplits(NamedTuple):
+    turns: list[pd.DataFrame]  # one frame per day read, newest first
+    read: list[str]  # the days read
+    missing: int  # days without a partition
+    unvalidated: list[str]  # days whose partition validate did not approve (failed, never ran, or re-ingested)
+
+
+def past_split(project: ProjectConfig, run_date: str, offsets: range, split: str, exclude: set[str]) -> EarlierSplits:
     """The `split` rows of the partitions `offsets` days before the run date (newest first), each conversation once
-    and none of `exclude`; the days read, and how many days had no partition."""
-    found, read, missing = [], [], 0
+    and none of `exclude`, from partitions validate approved only: a day that failed validation is no more a
+    reference for the gate than it was training data."""
+    found, read, missing, unvalidated = [], [], 0, []
     exclude = set(exclude)
     for day in sources.window(run_date, offsets.stop)[offsets.start:]:
         path = outputs.partition_dir(project, table.DATASET, day)
         if not (path / table.TURNS_FILE).is_file():
             missing += 1
             continue
-        turns = partitions.read(str(path)).turns
-        turns = turns[(turns["split"] == split) & ~turns["conversation_id"].isin(exclude)]
+        partition = partitions.read_approved(path)
+        if partition is None:
+            log.warning("%s: not approved by validate (failed, never validated, or re-ingested since); skipped", path)
+            unvalidated.append(day)
+            continue
+        turns = partition.turns[(partition.turns["split"] == split) & ~partition.turns["conversation_id"].isin(exclude)]
         exclude.update(turns["conversation_id"])  # each conversation once, from its newest partition
         found.append(turns)
         read.append(day)
-    return found, read, missing
+    return EarlierSplits(found, read, missing, unvalidated)

@@ -48,13 +48,14 @@ def examples(config: MemoryConfig, project: ProjectConfig, run_date: str, tonigh
              after_days: int = 0) -> tuple[list[chat_format.EvalExample], dict]:
     """The set, and what it was drawn from (partitions read, days missing, candidate replies). `after_days`: the
     days before the run date that the held-out window already scores (held_out.window), skipped."""
-    found, read, missing = held_out.past_split(project, run_date, range(after_days + 1, after_days + config.days + 1),
-                                               table.TEST, set(tonight["conversation_id"]))
-    candidates = chat_format.eval_examples(pd.concat(found), table.TEST) if found else []
+    earlier = held_out.past_split(project, run_date, range(after_days + 1, after_days + config.days + 1),
+                                  table.TEST, set(tonight["conversation_id"]))
+    candidates = chat_format.eval_examples(pd.concat(earlier.turns), table.TEST) if earlier.turns else []
     chosen = sorted(candidates, key=lambda e: _rank(config.seed, e))[:config.size]
-    if missing:
-        log.info("memory set: no partition for %d of the %d days before %s", missing, config.days, run_date)
-    return chosen, {"partitions": read, "missing_days": missing, "candidates": len(candidates)}
+    if earlier.missing:
+        log.info("memory set: no partition for %d of the %d days before %s", earlier.missing, config.days, run_date)
+    return chosen, {"partitions": earlier.read, "missing_days": earlier.missing,
+                    "unvalidated_days": earlier.unvalidated, "candidates": len(candidates)}
 
 
 def _rank(seed: int, example: chat_format.EvalExample) -> str:

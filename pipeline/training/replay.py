@@ -36,7 +36,7 @@ def draw(tonight: pd.DataFrame, project: ProjectConfig, run_date: str, fraction:
          seed: int, static_share: float = 0.5) -> tuple[pd.DataFrame, dict[str, float]]:
     """(turns of the replayed conversations, split 'train'; counts for MLflow). `static_share` of them come from
     replay sources (split 'replay'), the rest from earlier nights' train splits; either fills what the other lacks."""
-    counts: dict[str, float] = {"replay/missing_partitions": 0}
+    counts: dict[str, float] = {"replay/missing_partitions": 0, "replay/unvalidated_partitions": 0}
     wanted = int(round(fraction * tonight.loc[tonight["split"] == table.TRAIN, "conversation_id"].nunique()))
     if wanted == 0:
         return tonight.iloc[0:0], {**counts, "replay/conversations": 0}
@@ -47,8 +47,13 @@ def draw(tonight: pd.DataFrame, project: ProjectConfig, run_date: str, fraction:
             log.warning("replay: no partition %s; replaying from the other days", path)
             counts["replay/missing_partitions"] += 1
             continue
-        turns = partitions.read(str(path)).turns
-        turns = turns[turns["split"].isin(REPLAYABLE) & ~turns["conversation_id"].isin(have)]
+        partition = partitions.read_approved(path)  # a day validate did not pass is not training data, later either
+        if partition is None:
+            log.warning("replay: %s not approved by validate (failed, never validated, or re-ingested since); "
+                        "replaying from the other days", path)
+            counts["replay/unvalidated_partitions"] += 1
+            continue
+        turns = partition.turns[partition.turns["split"].isin(REPLAYABLE) & ~partition.turns["conversation_id"].isin(have)]
         have.update(turns["conversation_id"])
         pool.append(turns)
     candidates = pd.concat(pool, ignore_index=True)

@@ -54,7 +54,8 @@ def test_the_held_out_window_adds_earlier_test_splits_and_the_memory_set_starts_
     with 4 days, 11-03's test conversations join. The memory set then draws from the days after the window only."""
     tonight = partition(feed_nights, NIGHTS[-1])
     alone, about = held_out.window(tonight, feed_nights, NIGHTS[-1], days=3, split="test")
-    assert alone.equals(tonight) and about == {"days": 3, "earlier_partitions": [], "missing_days": 2}
+    assert alone.equals(tonight) and about == {"days": 3, "earlier_partitions": [], "missing_days": 2,
+                                            "unvalidated_days": []}
     scored, about = held_out.window(tonight, feed_nights, NIGHTS[-1], days=4, split="test")
     before = partition(feed_nights, NIGHTS[-2])
     joined = set(before.loc[before["split"] == "test", "conversation_id"]) - set(tonight["conversation_id"])

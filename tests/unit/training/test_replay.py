@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from feed_nights import NIGHTS
+from feed_nights import NIGHTS, feed_source, ingest_night
 
 from pipeline.config import ProjectConfig
 from pipeline.data import partitions, table
@@ -65,6 +65,44 @@ def test_a_partition_gone_missing_is_counted_and_the_rest_replayed(nights, tmp_p
     assert f"no partition {outputs.partition_dir(project, table.DATASET, NIGHTS[1])}" in caplog.text
 
 
+def test_days_validate_did_not_approve_are_neither_replayed_nor_scored(nights, tmp_path, caplog):
+    """Earlier nights are read only as validate approved them. 11-02 re-ingested and refused by a stricter contract
+    (a night that failed validate), 11-03 re-ingested since its validate passed: replay, the held-out window and the
+    memory set all skip both, count them and name them."""
+    import shutil
+
+    from pipeline import validate
+    from pipeline.config import RunContext
+    from pipeline.evaluation import held_out, memory_set
+
+    project = ProjectConfig(data_root=str(tmp_path / "data"), runs_root=str(tmp_path / "runs"),
+                            tracking_uri=nights.tracking_uri, artifact_root=nights.artifact_root)
+    shutil.copytree(nights.data_root, tmp_path / "data")
+    shutil.copytree(Path(nights.data_root).parent / "feed", tmp_path / "feed")
+    failed, reingested = NIGHTS[1], NIGHTS[2]
+    refused = ingest_night(project, failed, "failed-night")
+    with pytest.raises(validate.DataValidationError, match="min_conversations"):
+        validate.run(validate.ValidateConfig(), project, RunContext(failed, "failed-night"), refused)
+    ingest_night(project, reingested, "late-data")
+
+    turns = tonight(project)
+    extra, counts = replay.draw(turns, project, NIGHTS[-1], fraction=0.5, days=5, seed=7)
+    assert counts["replay/unvalidated_partitions"] == 2 and not extra.empty
+    assert set(extra["partition_date"]) == {NIGHTS[0]}
+    assert f"{outputs.partition_dir(project, table.DATASET, failed)} not approved by validate" in caplog.text
+    _, about = held_out.window(turns, project, NIGHTS[-1], days=5, split="test")
+    assert about["unvalidated_days"] == [reingested, failed] and about["earlier_partitions"] == []
+    found, drawn = memory_set.examples(memory_set.MemoryConfig(size=100, days=10), project, NIGHTS[-1], turns)
+    assert drawn["partitions"] == [NIGHTS[0]] and drawn["unvalidated_days"] == [reingested, failed]
+    assert {e.conversation_id for e in found} <= set(partitions.read(str(outputs.partition_dir(
+        project, table.DATASET, NIGHTS[0]))).turns["conversation_id"])
+    # validate passing the re-ingested day approves it again: it is read from then on
+    validate.run(validate.ValidateConfig(min_conversations={"train": 5, "validation": 1, "test": 1}), project,
+                 RunContext(reingested, "late-data"), str(outputs.partition_dir(project, table.DATASET, reingested)))
+    _, counts = replay.draw(turns, project, NIGHTS[-1], fraction=0.5, days=5, seed=7)
+    assert counts["replay/unvalidated_partitions"] == 1
+
+
 @pytest.fixture
 def with_static_set(nights, tmp_path) -> tuple[ProjectConfig, pd.DataFrame]:
     """Tonight re-ingested with a static set beside the feed as a replay source (ingest.sources[].role: replay);
@@ -83,9 +121,7 @@ def with_static_set(nights, tmp_path) -> tuple[ProjectConfig, pd.DataFrame]:
     project = ProjectConfig(data_root=str(tmp_path / "data"), runs_root=nights.runs_root,
                             tracking_uri=nights.tracking_uri, artifact_root=nights.artifact_root)
     shutil.copytree(nights.data_root, tmp_path / "data")
-    feed = {"format": "openai", "uri": str(Path(nights.data_root).parent / "feed"), "partitioned": True,
-            "marker": True, "language": "en"}
-    sources = [feed, {"format": "openai", "uri": str(static), "language": "en", "role": "replay"}]
+    sources = [feed_source(nights), {"format": "openai", "uri": str(static), "language": "en", "role": "replay"}]
     ingest.run(ingest.IngestConfig(sources=sources), project, RunContext(NIGHTS[-1], "with-static"))
     return project, tonight(project)
 
