@@ -223,11 +223,12 @@ test-nights: setup
 	$(PY) -m pytest -m nights --durations=0 tests/nights
 
 ## N nights of the feed through the real DAG on the embedded stack (ops/nights.py): make nights N=14
+## (RESUME=1 after a kill: the nights already done are skipped)
 N ?= 14
 NIGHTS_CONFIG ?= configs/nights.yaml
 nights: airflow-db
 	$(WITH_STACK) $(PY) -m ops.nights --nights $(N) --config $(NIGHTS_CONFIG) --feed $(FEED) \
-	    $(foreach override,$(SET),--set $(override))
+	    $(foreach override,$(SET),--set $(override)) $(if $(RESUME),--resume)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline ops dags tests benchmarks

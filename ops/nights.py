@@ -3,6 +3,7 @@ that may move `champion` (manual runs, as the schedule's own would), then the tr
 
     python -m ops.nights --nights 14 --config configs/nights.yaml            # the N days ending yesterday
     python -m ops.nights --nights 3 --config ... --end 2026-11-06 --feed data/feed --set train.replay=0
+    python -m ops.nights --nights 14 --config configs/nights.yaml --resume    # after a kill: the nights not done
 
 First the feed is published (ops/chat_feed.py, idempotent) to `--feed`, ending `--end` (default yesterday); then each
 date runs through `ops.dag_run` (`airflow dags test`, the same driver as `make run`). After each night a row is
@@ -46,18 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     config = str(dag_run.config_with_overrides(args.config, args.overrides)) if args.overrides else args.config
     dates = [(args.end - datetime.timedelta(days=n)).isoformat() for n in range(args.nights - 1, -1, -1)]
     if args.summary_only:  # the nights ran already: their table and what strategies are compared by
-        rows = json.loads((Path(load_project(config).runs_root) / "nights" / f"{dates[0]}_{dates[-1]}"
-                           / "nights.json").read_text())
+        rows = json.loads((trajectory_dir(config, dates) / "nights.json").read_text())
         print(format_table(rows) + "\n" + json.dumps(strategy_summary(config, rows), indent=1))
         return 0
     published = chat_feed.publish(args.feed, args.feed_end or args.end)
     print(f"feed {args.feed} ending {args.feed_end or args.end}: {published['written']} partitions written, "
           f"{published['unchanged']} unchanged", flush=True)
-    rows = []
+    progress = trajectory_dir(config, dates) / "nights.json"
+    rows = done_nights(progress, dates) if args.resume else []
+    if rows:
+        print(f"resuming: {len(rows)} of {len(dates)} nights done ({progress})\n" + format_table(rows), flush=True)
     for number, date in enumerate(dates, start=1):
+        if number <= len(rows):
+            continue
         started = time.monotonic()
         code = dag_run.main(["--config", config, "--date", date], env=dict(os.environ))
         rows.append(night_row(config, number, date, code, time.monotonic() - started))
+        outputs.write_json(progress, rows)  # after every night: a killed run resumes after the last night written
         print(format_table(rows[-1:], header=number == 1), flush=True)
     where = write_trajectory(config, dates, rows)
     print("\n" + format_table(rows) + f"\n\ntrajectory: {where}")
@@ -76,10 +82,28 @@ def parse_args(argv):
                         help="the feed's last day (default: --end); later puts other source days on the nights")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--summary-only", action="store_true", help="run nothing: summarize the nights that ran")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the nights of these dates already done (the rows written after each night), "
+                             "run the rest: a run killed during a night reruns that night")
     args = parser.parse_args(argv)
     if args.nights < 1:
         parser.error("--nights must be >= 1")
     return args
+
+
+def trajectory_dir(config: str, dates: list[str]) -> Path:
+    return Path(load_project(config).runs_root) / "nights" / f"{dates[0]}_{dates[-1]}"
+
+
+def done_nights(progress: Path, dates: list[str]) -> list[dict]:
+    """The rows already written for the first nights of `dates`, in order (a night is done once its row is)."""
+    rows = json.loads(progress.read_text()) if progress.is_file() else []
+    done = []
+    for row, date in zip(rows, dates, strict=False):
+        if row["date"] != date:  # another range or order: these rows are not this run's
+            raise SystemExit(f"--resume: {progress} holds night {row['night']} on {row['date']}, expected {date}")
+        done.append(row)
+    return done
 
 
 def night_row(config: str, number: int, date: str, code: int, seconds: float) -> dict:
@@ -203,7 +227,7 @@ def write_trajectory(config: str, dates: list[str], rows: list[dict]) -> Path:
     import mlflow
 
     project = load_project(config)
-    directory = Path(project.runs_root) / "nights" / f"{dates[0]}_{dates[-1]}"
+    directory = trajectory_dir(config, dates)
     directory.mkdir(parents=True, exist_ok=True)
     outputs.write_json(directory / "nights.json", rows)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))

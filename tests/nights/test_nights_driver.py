@@ -137,3 +137,22 @@ def test_the_strategy_summary_scores_the_model_in_force_against_the_base_model(t
     assert nights.main(["--nights", "3", "--config", str(root / "config.yaml"), "--end", END.isoformat(),
                         "--feed", str(root / "feed"), "--feed-end", FEED_END.isoformat(), "--summary-only"]) == 0
     assert '"anchor_gain_over_base"' in capsys.readouterr().out
+
+
+def test_a_resumed_run_skips_the_nights_written_and_reruns_the_one_interrupted(three_nights, capsys):
+    """Killed during night 3: only nights 1-2 are written. --resume keeps their rows, reruns night 3 alone (a second
+    DAG run of its date), and writes all three again. Last in this module: it adds a DAG run."""
+    progress = three_nights["root"] / "runs" / "nights" / "2026-11-01_2026-11-03" / "nights.json"
+    progress.write_text(json.dumps(three_nights["rows"][:2]))
+    code = nights.main(["--nights", "3", "--config", str(three_nights["root"] / "config.yaml"), "--end",
+                        END.isoformat(), "--feed", str(three_nights["root"] / "feed"), "--feed-end",
+                        FEED_END.isoformat(), "--resume"])
+    assert code == 0 and "resuming: 2 of 3 nights done" in capsys.readouterr().out
+    rows = json.loads(progress.read_text())
+    assert json.dumps(rows[:2]) == json.dumps(three_nights["rows"][:2])  # as written (NaN != NaN: compare text)
+    assert [row["date"] for row in rows] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    client = MlflowClient(three_nights["raw"]["project"]["tracking_uri"])
+    runs_of = {date: [r for r in client.search_runs([client.get_experiment_by_name(
+        three_nights["raw"]["project"]["experiment"]).experiment_id], "tags.`pipeline.level` = 'dag_run'")
+        if r.data.tags.get("airflow.logical_date", "")[:10] == date] for date in ("2026-11-01", "2026-11-03")}
+    assert len(runs_of["2026-11-01"]) == 1 and len(runs_of["2026-11-03"]) == 2
