@@ -36,7 +36,7 @@ from pipeline.config import ConfigError, ProjectConfig, RunContext, as_params
 from pipeline.data import partitions
 from pipeline.process import failpoints
 from pipeline.promotion import approval, report, significance
-from pipeline.promotion.gate import Decision, Evidence, check_metric_names, decide, order_blocks
+from pipeline.promotion.gate import Decision, Evidence, check_metric_names, continues_lineage, decide, order_blocks
 from pipeline.serving import chat_model
 from pipeline.storage import outputs
 from pipeline.tracking import registry, runs
@@ -119,7 +119,8 @@ def run(config: PromoteConfig, project: ProjectConfig, ctx: RunContext, evaluati
         decision = against_what_was_scored(decide(config, result["scores"], incumbent, ctx.run_type, evidence),
                                            incumbent, champion)
         awaiting = decision.promote and config.require_approval
-        apply(client, project.registered_model, candidate, decision, champion, awaiting)
+        apply(client, project.registered_model, candidate, decision, champion, awaiting,
+              lineage=continues_lineage(decision, ctx.run_type, awaiting))
         output = outputs.run_dir(project, ctx, "promote")
         outputs.write_json(output / outputs.PROMOTION, {"version": candidate.version, "awaiting_approval": awaiting,
                                                         **asdict(decision)})
@@ -246,7 +247,8 @@ def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, cha
                     champion_data_end=trained_until(champion))
 
 
-def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared, awaiting: bool = False) -> None:
+def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared, awaiting: bool = False,
+          lineage: tuple[bool, str] = (False, "not judged")) -> None:
     """Aliases, tags and descriptions of the decision. `champion` moves only from the version the gate compared with
     (`compared`): read again just before, so a promotion by another run meanwhile fails this attempt (its retry
     compares again) instead of being overwritten. `awaiting`: a pass waits for a person (promotion/approval.py)."""
@@ -262,6 +264,8 @@ def apply(client: MlflowClient, name: str, candidate, decision: Decision, compar
     tags = {"promotion.decision": verdict, "promotion.reason": decision.reason,
             **(approval.awaiting_tags(compared) if awaiting else {}),
             "promotion.incumbent": decision.incumbent_name, "promotion.checks": "\n".join(decision.checks),
+            registry.LINEAGE_TAG: str(lineage[0]).lower(), "lineage.reason": lineage[1],
+            registry.JUDGED_AGAINST_TAG: str(compared.version) if compared else "none",
             **{f"gate.{c['name']}": f"gain {c['gain']:+.4f} CI [{c['low']:+.4f}, {c['high']:+.4f}] p={c['p_value']:.4f} "
                f"({c['set']}, {c['rule']} {c['threshold']:+g}: {'pass' if c['passed'] else 'fail'})"
                for c in decision.comparisons}}

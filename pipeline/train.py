@@ -51,8 +51,9 @@ class TrainingInterrupted(RuntimeError):
 class TrainConfig:
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps; the nightly budget, not epochs."})
     init: str = field(default="base", metadata={
-        "help": "base | champion: the weights a night starts from; champion carries earlier nights forward "
-                "(training/start_weights.py; base while nothing is promoted; unfetchable weights fail the task)."})
+        "help": "base | champion | lineage: the weights a night starts from; champion carries earlier nights "
+                "forward, lineage also the nights rejected only for a gain within noise (training/start_weights.py; "
+                "base while there is neither; unfetchable weights fail the task)."})
     replay: float = field(default=0.0, metadata={
         "help": "Also train on this many earlier train conversations per one of tonight's (0.5: half as many again), "
                 "drawn seeded from the partitions of the replay_days before (training/replay.py); 0: tonight's only."})
@@ -146,7 +147,7 @@ def run(config: TrainConfig, project: ProjectConfig, ctx: RunContext, dataset: s
         train_set, train_stats = build_dataset(pd.concat([partition.turns, replayed]), "train", tokenizer, config)
         val_set, val_stats = build_dataset(partition.turns, "validation", tokenizer, config,
                                            limit=config.max_eval_conversations)
-        weights, origin = start.resolve(config.init, project)  # the base model, or the champion's weights
+        weights, origin = start.resolve(config.init, project, ctx.run_date)  # base, champion or lineage weights
         model = trainable.prepare(loading.load_model(weights), config)
         output = outputs.run_dir(project, ctx, "train")
         trainer, collator = make_trainer(model, tokenizer, train_set, val_set, config, output / "checkpoints")

@@ -180,3 +180,24 @@ def _incumbent(scores: dict, champion) -> tuple[str, dict | None, str | None]:
     if "base" in scores:
         return "base model", scores["base"], "base"
     return "none", None, None
+
+
+def continues_lineage(decision: Decision, run_type: str, awaiting: bool) -> tuple[bool, str]:
+    """May the next night train on from this candidate (`train.init: lineage`)? Yes when it was promoted, or when
+    the gate metric's significance was the only rule it failed and its point gain is not below 0: no guard, floor
+    or rule of order failed, so it is the champion plus a night whose gain was within noise. Never a backfill's, nor
+    one still waiting for a person."""
+    if run_type == "backfill" or awaiting:
+        return False, "a backfill's candidate" if run_type == "backfill" else "waiting for approval"
+    if decision.promote:
+        return True, "promoted"
+    failed = [line for line in decision.checks if line.startswith("FAIL")]
+    others = [line for line in failed if not line.startswith(f"FAIL {decision.metric}:")]
+    gain = decision.candidate - decision.incumbent
+    gain = -gain if significance.split_key(decision.metric)[0] in LOWER_IS_BETTER else gain
+    if others:
+        return False, f"failed {len(others)} other rule(s): {others[0][5:80]}"
+    if not gain >= 0:  # NaN (nothing to compare) is not a gain either
+        return False, f"{decision.metric} gain {gain:+.3f} below 0"
+    return True, f"{decision.metric} gain {gain:+.3f} within noise, every other rule passed"
+

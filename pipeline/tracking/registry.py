@@ -26,6 +26,9 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 # On each version: the sha256 of its weights (generation_cache.weights_digest of the model evaluate scored) and the
 # train config it was trained with; with both, evaluate finds the version's cached replies without downloading it.
 WEIGHTS_DIGEST_TAG, TRAIN_CONFIG_TAG = "model.weights_sha256", "config.train"
+# On each version promote judged: whether a later night may train on from it (`train.init: lineage`), and against
+# which champion version it was judged ("none": the base model), so a lineage never outlives its champion.
+LINEAGE_TAG, JUDGED_AGAINST_TAG = "lineage.continues", "lineage.judged_against"
 
 
 class RegistryError(RuntimeError):
@@ -142,3 +145,14 @@ def version_for_run(client: MlflowClient, name: str, run_id: str):
 def champion_history(client: MlflowClient, name: str, last: int) -> list:
     """Versions that were promoted at some point, oldest first (the last `last` of them)."""
     return [v for v in versions(client, name) if v.tags.get("promotion.decision") == "promoted"][-last:]
+
+
+def lineage_head(client: MlflowClient, name: str, current_champion, before: str):
+    """The newest version a night on `before` may train on from under `train.init: lineage`: judged against the
+    current champion (or, with none, the base model) and marked to continue by promote, trained on data before
+    `before`; None when there is none (then the champion itself, or the base model)."""
+    against = str(current_champion.version) if current_champion else "none"
+    heads = [v for v in versions(client, name) if v.tags.get(LINEAGE_TAG) == "true"
+             and v.tags.get(JUDGED_AGAINST_TAG) == against and v.tags.get("data.partition_date", "") < before]
+    return max(heads, key=lambda v: (v.tags["data.partition_date"], int(v.version)), default=None)
+
