@@ -36,7 +36,14 @@ from pipeline.config import ConfigError, ProjectConfig, RunContext, as_params
 from pipeline.data import partitions
 from pipeline.process import failpoints
 from pipeline.promotion import approval, report, significance
-from pipeline.promotion.gate import Decision, Evidence, check_metric_names, continues_lineage, decide, order_blocks
+from pipeline.promotion.gate import (
+    Decision,
+    Evidence,
+    check_metric_names,
+    continues_lineage,
+    decide,
+    order_blocks,
+)
 from pipeline.serving import chat_model
 from pipeline.storage import outputs
 from pipeline.tracking import registry, runs
