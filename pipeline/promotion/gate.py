@@ -200,4 +200,3 @@ def continues_lineage(decision: Decision, run_type: str, awaiting: bool) -> tupl
     if not gain >= 0:  # NaN (nothing to compare) is not a gain either
         return False, f"{decision.metric} gain {gain:+.3f} below 0"
     return True, f"{decision.metric} gain {gain:+.3f} within noise, every other rule passed"
-

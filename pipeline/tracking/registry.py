@@ -155,4 +155,3 @@ def lineage_head(client: MlflowClient, name: str, current_champion, before: str)
     heads = [v for v in versions(client, name) if v.tags.get(LINEAGE_TAG) == "true"
              and v.tags.get(JUDGED_AGAINST_TAG) == against and v.tags.get("data.partition_date", "") < before]
     return max(heads, key=lambda v: (v.tags["data.partition_date"], int(v.version)), default=None)
-
