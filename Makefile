@@ -31,7 +31,7 @@ WITH_STACK = $(PY) -m ops.stack up --services s3,mlflow && eval "$$($(PY) -m ops
 FEED ?= s3://chat-logs/openai
 PUBLISH_FEED = $(WITH_STACK) $(PY) -m ops.chat_feed --to $(FEED) &&
 
-.PHONY: setup allocator run airflow-db ui browser feed nights test-nights test-training test-dagruns test-stack test test-ci test-all container-host test-slow test-containers test-faults \
+.PHONY: setup allocator run airflow-db ui browser feed nights strategies test-nights test-training test-dagruns test-stack test test-ci test-all container-host test-slow test-containers test-faults \
 	test-postgres lint lint-infra clean lock bench image-train bench-evaluate rollback approve reject models \
 	serve chat backfill images up status down
 
@@ -229,6 +229,12 @@ NIGHTS_CONFIG ?= configs/nights.yaml
 nights: airflow-db
 	$(WITH_STACK) $(PY) -m ops.nights --nights $(N) --config $(NIGHTS_CONFIG) --feed $(FEED) \
 	    $(foreach override,$(SET),--set $(override)) $(if $(RESUME),--resume)
+
+## The strategies docs/nights.md compares, N nights each, apart, then one table (ops/strategies.py):
+## make strategies N=14 (ONLY=lineage: one of them; RESUME=1 after a kill)
+strategies: airflow-db
+	$(WITH_STACK) $(PY) -m ops.strategies --nights $(N) --config $(NIGHTS_CONFIG) --feed $(FEED) \
+	    $(foreach name,$(ONLY),--only $(name)) $(if $(RESUME),--resume)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline ops dags tests benchmarks
