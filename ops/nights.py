@@ -45,7 +45,7 @@ SETS = {"test": "", "memory": "memory_", "anchor": "anchor_"}
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = str(dag_run.config_with_overrides(args.config, args.overrides)) if args.overrides else args.config
-    dates = [(args.end - datetime.timedelta(days=n)).isoformat() for n in range(args.nights - 1, -1, -1)]
+    dates = night_dates(args.end, args.nights)
     if args.summary_only:  # the nights ran already: their table and what strategies are compared by
         rows = json.loads((trajectory_dir(config, dates) / "nights.json").read_text())
         print(format_table(rows) + "\n" + json.dumps(strategy_summary(config, rows), indent=1))
@@ -89,6 +89,11 @@ def parse_args(argv):
     if args.nights < 1:
         parser.error("--nights must be >= 1")
     return args
+
+
+def night_dates(end: datetime.date, count: int) -> list[str]:
+    """The `count` consecutive dates ending `end`, oldest first."""
+    return [(end - datetime.timedelta(days=n)).isoformat() for n in range(count - 1, -1, -1)]
 
 
 def trajectory_dir(config: str, dates: list[str]) -> Path:

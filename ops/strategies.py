@@ -38,7 +38,7 @@ STRATEGIES = {
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = args.only or list(STRATEGIES)
-    dates = [(args.end - datetime.timedelta(days=n)).isoformat() for n in range(args.nights - 1, -1, -1)]
+    dates = nights.night_dates(args.end, args.nights)
     codes = {}
     for name in ([] if args.table_only else chosen):
         print(f"\n== strategy {name}: {' '.join(STRATEGIES[name]) or 'the config as committed'}", flush=True)

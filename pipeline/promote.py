@@ -254,8 +254,8 @@ def gather_evidence(config: PromoteConfig, evaluation: Path, manifest: dict, cha
                     champion_data_end=trained_until(champion))
 
 
-def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared, awaiting: bool = False,
-          lineage: tuple[bool, str] = (False, "not judged")) -> None:
+def apply(client: MlflowClient, name: str, candidate, decision: Decision, compared, awaiting: bool,
+          lineage: tuple[bool, str]) -> None:
     """Aliases, tags and descriptions of the decision. `champion` moves only from the version the gate compared with
     (`compared`): read again just before, so a promotion by another run meanwhile fails this attempt (its retry
     compares again) instead of being overwritten. `awaiting`: a pass waits for a person (promotion/approval.py)."""

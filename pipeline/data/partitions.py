@@ -19,13 +19,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data import table
+from pipeline.config import ProjectConfig
+from pipeline.data import sources, table
 from pipeline.storage import outputs
+
+log = logging.getLogger(__name__)
 
 PIN = "#sha256="
 APPROVAL = "validated.json"  # in the partition, written by validate when it passed: the digest of the bytes approved
@@ -90,3 +94,29 @@ def read_approved(path: str | Path) -> Partition | None:
         return read(pin(path, json.loads(approval.read_text(encoding="utf-8"))["digest"]))
     except (PartitionChanged, FileNotFoundError, KeyError, ValueError):
         return None
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """The partitions of some days before a run date, as later nights may read them."""
+
+    approved: list[tuple[str, Partition]] = field(default_factory=list)  # (day, partition), newest first
+    missing: list[str] = field(default_factory=list)  # days without a partition
+    unvalidated: list[str] = field(default_factory=list)  # days validate did not approve
+
+
+def earlier(project: ProjectConfig, run_date: str, offsets: range) -> Earlier:
+    """The partitions of the days `offsets` before the run date (newest first; range(1, 8): the 7 days before), each
+    read only as validate approved it (replay, the held-out window and the memory set read them through here)."""
+    found = Earlier()
+    for day in sources.window(run_date, offsets.stop)[offsets.start:]:
+        path = outputs.partition_dir(project, table.DATASET, day)
+        if not (path / table.TURNS_FILE).is_file():
+            found.missing.append(day)
+        elif (partition := read_approved(path)) is None:
+            log.warning("%s not approved by validate (failed, never validated, or re-ingested since): skipped", path)
+            found.unvalidated.append(day)
+        else:
+            found.approved.append((day, partition))
+    return found
+

@@ -11,19 +11,15 @@ The anchor set (anchor.py) is the other evaluation set; both raise EvaluationSet
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import Counter
 from typing import NamedTuple
 
 import pandas as pd
 
 from pipeline.config import ProjectConfig
-from pipeline.data import languages, partitions, sources, table
+from pipeline.data import languages, partitions
 from pipeline.evaluation import EvaluationSetError
 from pipeline.model import chat_format
-from pipeline.storage import outputs
-
-log = logging.getLogger(__name__)
 
 
 def examples(turns: pd.DataFrame, split: str, max_examples: int | None, min_per_language: int | None,
@@ -103,20 +99,9 @@ def past_split(project: ProjectConfig, run_date: str, offsets: range, split: str
     """The `split` rows of the partitions `offsets` days before the run date (newest first), each conversation once
     and none of `exclude`, from partitions validate approved only: a day that failed validation is no more a
     reference for the gate than it was training data."""
-    found, read, missing, unvalidated = [], [], 0, []
-    exclude = set(exclude)
-    for day in sources.window(run_date, offsets.stop)[offsets.start:]:
-        path = outputs.partition_dir(project, table.DATASET, day)
-        if not (path / table.TURNS_FILE).is_file():
-            missing += 1
-            continue
-        partition = partitions.read_approved(path)
-        if partition is None:
-            log.warning("%s: not approved by validate (failed, never validated, or re-ingested since); skipped", path)
-            unvalidated.append(day)
-            continue
+    earlier, found, exclude = partitions.earlier(project, run_date, offsets), [], set(exclude)
+    for _, partition in earlier.approved:
         turns = partition.turns[(partition.turns["split"] == split) & ~partition.turns["conversation_id"].isin(exclude)]
         exclude.update(turns["conversation_id"])  # each conversation once, from its newest partition
         found.append(turns)
-        read.append(day)
-    return EarlierSplits(found, read, missing, unvalidated)
+    return EarlierSplits(found, [day for day, _ in earlier.approved], len(earlier.missing), earlier.unvalidated)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ProjectConfig
-from pipeline.data import partitions, sources, table
+from pipeline.data import partitions, table
 from pipeline.storage import outputs
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,13 @@ def draw(tonight: pd.DataFrame, project: ProjectConfig, run_date: str, fraction:
     if wanted == 0:
         return tonight.iloc[0:0], {**counts, "replay/conversations": 0}
     pool, have = [tonight[tonight["split"] == table.REPLAY]], set(tonight["conversation_id"])
-    for day in sources.window(run_date, days + 1)[1:]:  # the days before the run date, newest first
-        path = outputs.partition_dir(project, table.DATASET, day)
-        if not (path / table.TURNS_FILE).is_file():
-            log.warning("replay: no partition %s; replaying from the other days", path)
-            counts["replay/missing_partitions"] += 1
-            continue
-        partition = partitions.read_approved(path)  # a day validate did not pass is not training data, later either
-        if partition is None:
-            log.warning("replay: %s not approved by validate (failed, never validated, or re-ingested since); "
-                        "replaying from the other days", path)
-            counts["replay/unvalidated_partitions"] += 1
-            continue
+    earlier = partitions.earlier(project, run_date, range(1, days + 1))  # only days validate approved
+    for day in earlier.missing:
+        log.warning("replay: no partition %s; replaying from the other days",
+                    outputs.partition_dir(project, table.DATASET, day))
+    counts.update({"replay/missing_partitions": len(earlier.missing),
+                   "replay/unvalidated_partitions": len(earlier.unvalidated)})
+    for _, partition in earlier.approved:
         turns = partition.turns[partition.turns["split"].isin(REPLAYABLE) & ~partition.turns["conversation_id"].isin(have)]
         have.update(turns["conversation_id"])
         pool.append(turns)

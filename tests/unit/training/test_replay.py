@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from feed_nights import NIGHTS, feed_source, ingest_night
+from feed_nights import NIGHTS, SMALL_NIGHT, feed_source, ingest_night
 
 from pipeline.config import ProjectConfig
 from pipeline.data import partitions, table
@@ -97,8 +97,8 @@ def test_days_validate_did_not_approve_are_neither_replayed_nor_scored(nights, t
     assert {e.conversation_id for e in found} <= set(partitions.read(str(outputs.partition_dir(
         project, table.DATASET, NIGHTS[0]))).turns["conversation_id"])
     # validate passing the re-ingested day approves it again: it is read from then on
-    validate.run(validate.ValidateConfig(min_conversations={"train": 5, "validation": 1, "test": 1}), project,
-                 RunContext(reingested, "late-data"), str(outputs.partition_dir(project, table.DATASET, reingested)))
+    validate.run(validate.ValidateConfig(min_conversations=SMALL_NIGHT), project, RunContext(reingested, "late-data"),
+                 str(outputs.partition_dir(project, table.DATASET, reingested)))
     _, counts = replay.draw(turns, project, NIGHTS[-1], fraction=0.5, days=5, seed=7)
     assert counts["replay/unvalidated_partitions"] == 1
 
